@@ -1,0 +1,300 @@
+"""The tf.data pixel pipeline: decode to uint8 -> cache -> shuffle -> batch -> prefetch.
+
+Elements are dicts, `{"image": uint8 [H, W, 3], "label": int32 []}`; the
+model boundary turns them into tuples (`to_supervised`). Nothing random runs
+before the cache: augmentation lives inside the model, so every epoch sees new
+augmentations of the same cached pixels. Pixels stay uint8 all the way to the
+device, a quarter of the bytes of float32 to cache and to transfer.
+"""
+
+import dataclasses
+import glob
+import hashlib
+import logging
+import os
+
+import tensorflow as tf
+
+RESIZE_MODES = ("resize", "crop", "pad")
+CACHE_MODES = ("auto", "memory", "disk", "none")
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+    """How images become batches.
+
+    Attributes:
+      image_size: Side of the square uint8 images.
+      batch_size: Examples per batch.
+      resize: "resize" (stretch), "crop" (centre crop to square, then resize)
+        or "pad" (letterbox to square, then resize).
+      cache: "auto" (RAM when the estimate fits `ram_budget_mb`, else disk),
+        "memory", "disk" or "none".
+      ram_budget_mb: RAM the pixel cache and the shuffle buffer may use.
+      cache_dir: Folder for the disk cache; required for disk caching.
+      seed: Shuffle seed.
+    """
+
+    image_size: int = 224
+    batch_size: int = 32
+    resize: str = "resize"
+    cache: str = "auto"
+    ram_budget_mb: int = 2048
+    cache_dir: str = None
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.image_size < 1:
+            raise ValueError(
+                f"image_size must be a positive integer. Received: "
+                f"image_size={self.image_size!r}")
+        if self.batch_size < 1:
+            raise ValueError(
+                "batch_size must be a positive integer. Received: "
+                f"batch_size={self.batch_size!r}")
+        if self.resize not in RESIZE_MODES:
+            raise ValueError(
+                f"resize must be one of {RESIZE_MODES}. Received: "
+                f"resize={self.resize!r}")
+        if self.cache not in CACHE_MODES:
+            raise ValueError(
+                f"cache must be one of {CACHE_MODES}. Received: "
+                f"cache={self.cache!r}")
+        if self.ram_budget_mb < 0:
+            raise ValueError(
+                "ram_budget_mb must be >= 0. Received: "
+                f"ram_budget_mb={self.ram_budget_mb!r}")
+
+    @property
+    def image_bytes(self):
+        return self.image_size * self.image_size * 3
+
+
+def resize_image(image, image_size, mode="resize"):
+    """Resizes one decoded image to a square uint8 image.
+
+    Args:
+      image: uint8 tensor [H, W, 3].
+      image_size: Output side.
+      mode: One of `RESIZE_MODES`.
+
+    Returns:
+      uint8 tensor [image_size, image_size, 3].
+    """
+    size = (image_size, image_size)
+    if mode == "crop":
+        shape = tf.shape(image)
+        h, w = shape[0], shape[1]
+        side = tf.minimum(h, w)
+        image = tf.image.crop_to_bounding_box(
+            image, (h - side) // 2, (w - side) // 2, side, side)
+        image = tf.image.resize(image, size)
+    elif mode == "pad":
+        image = tf.image.resize_with_pad(image, image_size, image_size)
+    else:
+        image = tf.image.resize(image, size)
+    image = tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
+    return tf.ensure_shape(image, (image_size, image_size, 3))
+
+
+def decode_image(data, image_size, mode="resize"):
+    """Decodes JPEG/PNG/GIF/BMP/WebP bytes (format from the header) to uint8.
+
+    Grayscale, RGBA, CMYK and 16-bit images all become RGB uint8; an animated
+    GIF gives its first frame.
+
+    Args:
+      data: Scalar string tensor, the encoded file.
+      image_size: Output side.
+      mode: One of `RESIZE_MODES`.
+
+    Returns:
+      uint8 tensor [image_size, image_size, 3].
+    """
+    image = tf.io.decode_image(
+        data, channels=3, dtype=tf.uint8, expand_animations=False)
+    image.set_shape((None, None, 3))
+    return resize_image(image, image_size, mode)
+
+
+def files_dataset(entries, image_size, resize="resize"):
+    """Decoded, unbatched, uncached elements for a list of files.
+
+    Args:
+      entries: `FileEntry`s that passed the scan.
+      image_size: Output side.
+      resize: One of `RESIZE_MODES`.
+
+    Returns:
+      A `tf.data.Dataset` of {"image": uint8 [S, S, 3], "label": int32 []},
+      in the order of `entries`.
+    """
+    paths = [e.path for e in entries]
+    labels = [e.label for e in entries]
+    ds = tf.data.Dataset.from_tensor_slices(
+        (tf.constant(paths, tf.string), tf.constant(labels, tf.int32)))
+
+    def load(path, label):
+        image = decode_image(tf.io.read_file(path), image_size, resize)
+        return {"image": image, "label": label}
+
+    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    # The scan already refused every file that does not decode; this only
+    # guards against a file changed on disk since, so an epoch never dies.
+    return ds.ignore_errors(log_warning=True)
+
+
+def content_key(entries, *parts):
+    """A hex digest of the files' identity (relpath, size, mtime, label) + parts.
+
+    Any edit, addition or removal of a file changes it, so a cache keyed by it
+    is never served stale.
+    """
+    h = hashlib.sha256()
+    for entry in entries:
+        st = os.stat(entry.path)
+        h.update(f"{entry.relpath}\0{st.st_size}\0{st.st_mtime_ns}\0"
+                 f"{entry.label}\n".encode("utf-8"))
+    for part in parts:
+        h.update(f"|{part}".encode("utf-8"))
+    return h.hexdigest()[:20]
+
+
+def choose_cache(num_examples, config):
+    """Picks "memory", "disk" or "none" for `config.cache`, by estimated size."""
+    if config.cache != "auto":
+        return config.cache
+    if num_examples * config.image_bytes <= config.ram_budget_mb * 2**20:
+        return "memory"
+    return "disk" if config.cache_dir else "none"
+
+
+def clean_stale_cache(prefix):
+    """Removes what a killed run left beside a tf.data file cache.
+
+    tf.data refuses a cache whose `.lockfile` exists ("There appears to be a
+    concurrently running job"), and a killed run leaves one behind, along with
+    half-written shards. Only call this while holding the cache's lock.
+
+    Returns:
+      The removed paths.
+    """
+    removed = []
+    complete = os.path.exists(prefix + ".index")
+    for path in glob.glob(glob.escape(prefix) + "*"):
+        stale = path.endswith(".lockfile") or (
+            not complete and not path.endswith(".tlfast-lock"))
+        if stale:
+            os.remove(path)
+            removed.append(path)
+    if removed:
+        logging.info("Removed stale cache files of a killed run: %s", removed)
+    return removed
+
+
+_HELD_LOCKS = {}
+
+
+def _lock_cache(prefix):
+    """Takes an exclusive lock on a disk cache for this process's lifetime.
+
+    Returns:
+      True when the lock is held (by this process), False when another
+      process holds it.
+    """
+    import fcntl  # POSIX only; Windows users get the unlocked path below.
+
+    if prefix in _HELD_LOCKS:
+        return True
+    fd = os.open(prefix + ".tlfast-lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return False
+    _HELD_LOCKS[prefix] = fd
+    return True
+
+
+def disk_cache_prefix(cache_dir, key):
+    """Path prefix of the tf.data file cache for one content key."""
+    directory = os.path.join(cache_dir, "pixels", key)
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as e:
+        raise OSError(
+            f"Cannot create the pixel cache folder '{directory}': {e}. Pass a "
+            "writable cache_dir (or --cache_dir), or cache='memory'/'none'.") from e
+    if not os.access(directory, os.W_OK):
+        raise PermissionError(
+            f"The pixel cache folder '{directory}' is not writable. Pass a "
+            "writable cache_dir (or --cache_dir), or cache='memory'/'none'.")
+    return os.path.join(directory, "cache")
+
+
+def finish(ds, num_examples, config, *, training, key=None):
+    """Caches, shuffles (when training), batches and prefetches.
+
+    Args:
+      ds: Unbatched dataset of {"image": uint8, "label": int32} dicts, in a
+        deterministic order.
+      num_examples: Its size (for the cache decision and the shuffle buffer).
+      config: A `PipelineConfig`.
+      training: Shuffle (seeded, reshuffled every epoch) when True.
+      key: Content key naming the disk cache; required for disk caching.
+
+    Returns:
+      A batched, prefetched `tf.data.Dataset` of dicts.
+    """
+    mode = choose_cache(num_examples, config)
+    if mode == "disk":
+        if not config.cache_dir or not key:
+            raise ValueError(
+                "A disk cache needs cache_dir and a content key. Received: "
+                f"cache_dir={config.cache_dir!r}, key={key!r}")
+        prefix = disk_cache_prefix(config.cache_dir, key)
+        if _lock_cache(prefix):
+            clean_stale_cache(prefix)
+            ds = ds.cache(prefix)
+        else:
+            logging.warning(
+                "Another process is filling the pixel cache '%s'; this run "
+                "decodes without a cache instead of waiting.", prefix)
+    elif mode == "memory":
+        ds = ds.cache()
+    if training:
+        # Cached elements are shared, not copied, by the shuffle buffer, so a
+        # full-size buffer is free for the RAM cache; from disk it costs RAM.
+        buffer = num_examples
+        if mode != "memory":
+            budget = max(config.ram_budget_mb * 2**20 // 4, config.image_bytes)
+            buffer = min(num_examples, max(config.batch_size,
+                                           budget // config.image_bytes))
+        ds = ds.shuffle(max(buffer, 1), seed=config.seed,
+                        reshuffle_each_iteration=True)
+    return ds.batch(config.batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def image_folder_dataset(entries, config, *, training):
+    """The whole pipeline for scanned files.
+
+    Args:
+      entries: `FileEntry`s that passed the scan.
+      config: A `PipelineConfig`.
+      training: Shuffle when True.
+
+    Returns:
+      Batched dataset of {"image": uint8 [B, S, S, 3], "label": int32 [B]}.
+    """
+    entries = list(entries)
+    key = None
+    if choose_cache(len(entries), config) == "disk":
+        key = content_key(entries, config.image_size, config.resize)
+    ds = files_dataset(entries, config.image_size, config.resize)
+    return finish(ds, len(entries), config, training=training, key=key)
+
+
+def to_supervised(ds):
+    """Turns dict elements into (image, label) tuples for `model.fit`."""
+    return ds.map(lambda e: (e["image"], e["label"]),
+                  num_parallel_calls=tf.data.AUTOTUNE)

@@ -1,0 +1,237 @@
+"""Image sources: a folder of class sub-folders (optionally pre-split), or a TFDS dataset.
+
+Two folder layouts are understood, the ones `flow_from_directory` and
+`image_dataset_from_directory` read:
+
+        root/<class>/<image>                      # split later by tlfast
+        root/{train,validation|val[,test]}/<class>/<image>
+
+Files are listed, not opened, here: `tlfast.data.scan` decides which are usable.
+"""
+
+import dataclasses
+import os
+from pathlib import Path
+
+# What `tf.io.decode_image` can decode. Matched on the lower-cased suffix; the
+# scan then checks the header, so a PNG named `.jpg` still works.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
+# Operating-system droppings that are never worth a "skipped" line.
+IGNORED_FILES = frozenset({"thumbs.db", "desktop.ini", "icon\r"})
+TRAIN_NAMES = ("train", "training")
+VALIDATION_NAMES = ("validation", "val", "valid")
+TEST_NAMES = ("test",)
+
+
+@dataclasses.dataclass(frozen=True)
+class FileEntry:
+    """One candidate image file.
+
+    Attributes:
+        path: Absolute path of the file.
+        relpath: Path relative to the dataset root, with `/` separators; the
+            stable identity used by the split and the caches.
+        label: Integer class index into the folder's `class_names`.
+    """
+
+    path: str
+    relpath: str
+    label: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Skipped:
+    """A file that is not used, and why."""
+
+    path: str
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageFolder:
+    """The listing of an image folder.
+
+    Attributes:
+        root: Absolute dataset root.
+        class_names: Sorted class names; `label` indexes into it.
+        splits: Split name -> files. A flat folder has only `"all"`; a pre-split
+            one has `"train"`, `"validation"` and possibly `"test"`.
+        skipped: Files not considered images (by extension), with a reason.
+    """
+
+    root: str
+    class_names: tuple
+    splits: dict
+    skipped: tuple
+
+    @property
+    def presplit(self):
+        return "all" not in self.splits
+
+
+def _is_hidden(name):
+    return name.startswith(".")
+
+
+def _class_dirs(path):
+    return sorted(
+            entry.name
+            for entry in os.scandir(path)
+            if entry.is_dir() and not _is_hidden(entry.name)
+    )
+
+
+def _list_class_files(root, split_dir, class_name, label, skipped):
+    """Walks one class folder (recursively), never following directory links.
+
+    Not following links is what keeps a symlink loop from hanging the listing.
+    """
+    files = []
+    class_dir = os.path.join(split_dir, class_name)
+    for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=False):
+        dirnames[:] = sorted(d for d in dirnames if not _is_hidden(d))
+        for name in sorted(filenames):
+            if _is_hidden(name) or name.lower() in IGNORED_FILES:
+                continue
+            path = os.path.join(dirpath, name)
+            if os.path.splitext(name)[1].lower() not in IMAGE_EXTENSIONS:
+                ext = os.path.splitext(name)[1] or name
+                skipped.append(Skipped(
+                    path, f"unsupported file extension '{ext}' (expected one "
+                    f"of {', '.join(IMAGE_EXTENSIONS)})"))
+                continue
+            relpath = Path(os.path.relpath(path, root)).as_posix()
+            files.append(FileEntry(path, relpath, label))
+    return files
+
+
+def _find_child(root, names):
+    children = {name.lower(): name for name in os.listdir(root)}
+    for name in names:
+        if name in children and os.path.isdir(os.path.join(root, children[name])):
+            return children[name]
+    return None
+
+
+def list_image_folder(root):
+    """Lists an image folder of either supported layout.
+
+    Args:
+        root: Dataset root (str or path-like).
+
+    Returns:
+        An `ImageFolder`.
+
+    Raises:
+        FileNotFoundError: `root` does not exist or is not a directory.
+        ValueError: No class sub-folders, or validation/test classes that the
+            training split does not have.
+    """
+    root = os.path.abspath(os.fspath(root))
+    if not os.path.isdir(root):
+        raise FileNotFoundError(
+                f"Dataset folder not found: '{root}'. Expected a folder of class "
+                "sub-folders (root/<class>/<image>) or with train/ and validation/ "
+                f"sub-folders. Received: data_dir={root!r}")
+    train_name = _find_child(root, TRAIN_NAMES)
+    skipped = []
+    if train_name is None:
+        class_names = tuple(_class_dirs(root))
+        _check_classes(root, class_names)
+        files = []
+        for label, name in enumerate(class_names):
+            files += _list_class_files(root, root, name, label, skipped)
+        splits = {"all": files}
+    else:
+        train_dir = os.path.join(root, train_name)
+        class_names = tuple(_class_dirs(train_dir))
+        _check_classes(train_dir, class_names)
+        split_dirs = {"train": train_name}
+        for split, names in (("validation", VALIDATION_NAMES), ("test", TEST_NAMES)):
+            found = _find_child(root, names)
+            if found is not None:
+                split_dirs[split] = found
+        splits = {}
+        for split, dirname in split_dirs.items():
+            split_dir = os.path.join(root, dirname)
+            extra = sorted(set(_class_dirs(split_dir)) - set(class_names))
+            if extra:
+                raise ValueError(
+                        f"The '{dirname}' folder has classes that '{train_name}' does not: "
+                        f"{extra}. Every split must use the training classes "
+                        f"{list(class_names)}. Received: {split_dir!r}")
+            files = []
+            for label, name in enumerate(class_names):
+                if os.path.isdir(os.path.join(split_dir, name)):
+                    files += _list_class_files(root, split_dir, name, label, skipped)
+            splits[split] = files
+    return ImageFolder(root, class_names, splits, tuple(skipped))
+
+
+def _check_classes(path, class_names):
+    if len(class_names) < 2:
+        raise ValueError(
+                f"Image classification needs at least 2 class sub-folders in '{path}', "
+                f"found {len(class_names)}: {list(class_names)}. Put each class's "
+                "images in a sub-folder named after the class.")
+
+
+
+@dataclasses.dataclass(frozen=True)
+class TfdsSource:
+    """A TFDS split as unbatched {"image": uint8 [H, W, 3], "label": int32} dicts.
+
+    Attributes:
+      dataset: The `tf.data.Dataset` (images at their stored size).
+      class_names: From the dataset's `ClassLabel` feature.
+      num_examples: Size of the split.
+    """
+
+    dataset: object
+    class_names: tuple
+    num_examples: int
+
+
+def load_tfds(name, split="train", data_dir=None, download=True):
+    """Loads a TFDS image-classification dataset in tlfast's element format.
+
+    Args:
+      name: TFDS name, e.g. "tf_flowers" or "cats_vs_dogs".
+      split: TFDS split string; slicing works ("train[:80%]").
+      data_dir: Where TFDS keeps prepared data (default ~/tensorflow_datasets).
+      download: Allow downloading and preparing when not there yet.
+
+    Returns:
+      A `TfdsSource`.
+
+    Raises:
+      RuntimeError: The dataset could not be downloaded or prepared (usually
+        no network), with the offline alternatives.
+      ValueError: The dataset has no "image" + "label" features.
+    """
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+        if download:
+            builder.download_and_prepare()
+        ds = builder.as_dataset(split=split, shuffle_files=False)
+    except Exception as e:  # TFDS raises many kinds; all end the same way.
+        raise RuntimeError(
+            f"Could not load TFDS dataset '{name}' (split '{split}'): "
+            f"{type(e).__name__}: {e}. Downloading needs network access; "
+            "offline, point data_dir (--tfds_data_dir) at a folder where the "
+            "dataset was already prepared, or train from an image folder with "
+            "--data_dir=<folder of class sub-folders>.") from e
+    features = builder.info.features
+    if "image" not in features or "label" not in features:
+        raise ValueError(
+            f"TFDS dataset '{name}' has no 'image' and 'label' features, so it "
+            "is not an image-classification dataset. Received features: "
+            f"{list(features.keys())}")
+    num_examples = builder.info.splits[split].num_examples
+    ds = ds.map(
+        lambda e: {"image": e["image"], "label": tf.cast(e["label"], tf.int32)},
+        num_parallel_calls=tf.data.AUTOTUNE)
+    return TfdsSource(ds, tuple(features["label"].names), int(num_examples))

@@ -1,0 +1,88 @@
+"""Stable, stratified, seeded train/validation split.
+
+Each file's side is decided by a hash of (seed, class, relative path) alone,
+as the old TF `retrain.py` did, so adding images never moves existing ones
+between splits, and the same folder always splits the same way. Applying the
+fraction within each class keeps the class balance of both sides.
+"""
+
+import csv
+import hashlib
+import os
+import tempfile
+
+
+def hash_fraction(relpath, seed=0):
+    """Maps a relative path to a stable number in [0, 1).
+
+    Args:
+      relpath: The file's path relative to the dataset root.
+      seed: Changes the whole assignment.
+    """
+    digest = hashlib.sha1(f"{seed}:{relpath}".encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+def split_entries(entries, validation_split=0.2, seed=0):
+    """Splits files into train and validation, per class.
+
+    Args:
+      entries: `FileEntry`s of one flat folder.
+      validation_split: Fraction in (0, 1) that goes to validation.
+      seed: Seed of the hash.
+
+    Returns:
+      {"train": [...], "validation": [...]}, each in input order.
+
+    Raises:
+      ValueError: `validation_split` outside (0, 1).
+    """
+    if not 0.0 < validation_split < 1.0:
+        raise ValueError(
+            "validation_split must be a fraction strictly between 0 and 1. "
+            f"Received: validation_split={validation_split!r}")
+    out = {"train": [], "validation": []}
+    for entry in entries:
+        # The label is part of the hash so that each class is split on its own.
+        side = hash_fraction(f"{entry.label}/{entry.relpath}", seed)
+        out["validation" if side < validation_split else "train"].append(entry)
+    return out
+
+
+def split_counts(splits, num_classes):
+    """{split: [count per class]} for reports and balance checks."""
+    counts = {}
+    for name, entries in splits.items():
+        per_class = [0] * num_classes
+        for entry in entries:
+            per_class[entry.label] += 1
+        counts[name] = per_class
+    return counts
+
+
+def write_split(path, splits, class_names):
+    """Writes which file went where, as CSV (split, label, class, relpath).
+
+    Written atomically; the file is enough to reproduce a run's split.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".csv")
+    with os.fdopen(fd, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["split", "label", "class", "relpath"])
+        for name, entries in splits.items():
+            for entry in entries:
+                writer.writerow(
+                    [name, entry.label, class_names[entry.label], entry.relpath])
+    os.replace(tmp, path)
+
+
+def read_split(path):
+    """Reads a split file back: {split: [(relpath, label), ...]}."""
+    out = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            out.setdefault(row["split"], []).append(
+                (row["relpath"], int(row["label"])))
+    return out
