@@ -115,4 +115,4 @@ def make_augmentation(spec, seed=None):
     layers = [OPS[op](strength, None if seed is None else seed + i,
                       f"aug{i}_{op}")
               for i, (op, strength) in enumerate(ops)]
-    return keras.Sequential(layers, name=name)
+    return keras.Sequential(layers, name="augmentation")

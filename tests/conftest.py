@@ -1,0 +1,71 @@
+"""Shared fixtures: tiny synthetic image folders and the real shared assets."""
+
+import io
+import os
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+SHARED_ASSETS = Path(__file__).resolve().parents[2] / "shared" / "assets"
+
+
+def assets_path(*parts):
+    """A path under ../shared/assets, or skip the test when it is absent."""
+    path = SHARED_ASSETS.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"shared asset not available: {path}")
+    return path
+
+
+def noise_image(size=(24, 32), tint=0, seed=0):
+    """uint8 [H, W, 3] noise with a class-dependent colour cast."""
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 200, size=(*size, 3)).astype(np.int32)
+    image[..., tint % 3] += 55
+    return image.astype(np.uint8)
+
+
+def encode(image, fmt="JPEG", **kwargs):
+    """Encodes a uint8 array with PIL (format names as PIL spells them)."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format=fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def write_image(path, image=None, fmt="JPEG", **kwargs):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if image is None:
+        image = noise_image(seed=hash(path.name) % 1000)
+    path.write_bytes(encode(image, fmt, **kwargs))
+    return path
+
+
+def make_folder(root, counts, size=(24, 32), ext=".jpg"):
+    """Writes root/<class>/<i><ext> noise images; counts: {class: n}."""
+    root = Path(root)
+    for label, (name, n) in enumerate(sorted(counts.items())):
+        for i in range(n):
+            write_image(root / name / f"img_{i:03d}{ext}",
+                        noise_image(size, tint=label, seed=1000 * label + i))
+    return root
+
+
+@pytest.fixture
+def flat_folder(tmp_path):
+    """Two classes of 12 tiny JPEGs each, no split folders."""
+    return make_folder(tmp_path / "flat", {"cats": 12, "dogs": 12})
+
+
+@pytest.fixture
+def split_folder(tmp_path):
+    """train/ and val/ sub-folders, two classes."""
+    root = tmp_path / "split"
+    make_folder(root / "train", {"ants": 6, "bees": 5})
+    make_folder(root / "val", {"ants": 3, "bees": 2})
+    return root

@@ -1,0 +1,168 @@
+import os
+import time
+
+import numpy as np
+import pytest
+
+from conftest import assets_path
+from conftest import encode
+from conftest import noise_image
+from conftest import write_image
+from tlfast.data import scan
+from tlfast.data import sources
+
+
+def _entry(path, label=0):
+    return sources.FileEntry(str(path), os.path.basename(path), label)
+
+
+def _scan_one(path, **kwargs):
+    return scan.scan_files([_entry(path)], **kwargs)
+
+
+def _pil_image(image, mode):
+    from PIL import Image
+
+    return Image.fromarray(image).convert(mode)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "BMP", "GIF", "WEBP"])
+def test_good_formats_are_usable_even_with_a_jpg_name(tmp_path, fmt):
+    # Header sniffing, not the extension, decides: a PNG named .jpg is used.
+    path = write_image(tmp_path / "x.jpg", noise_image(), fmt=fmt)
+    result = _scan_one(path)
+    assert len(result.usable) == 1 and not result.skipped
+
+
+@pytest.mark.parametrize("mode,fmt", [("L", "PNG"), ("RGBA", "PNG"),
+                                      ("CMYK", "JPEG"), ("P", "GIF"),
+                                      ("I;16", "PNG")])
+def test_colour_modes_are_usable(tmp_path, mode, fmt):
+    image = noise_image()
+    if mode == "I;16":
+        from PIL import Image
+
+        pil = Image.fromarray((image[..., 0].astype(np.uint16) * 257))
+    else:
+        pil = _pil_image(image, mode)
+    path = tmp_path / f"x.{fmt.lower()}"
+    pil.save(path, format=fmt)
+    reason, info = scan.check_image(str(path))
+    assert reason is None
+    assert info["height"] == 24 and info["width"] == 32
+
+
+def test_animated_gif_is_usable(tmp_path):
+    from PIL import Image
+
+    frames = [Image.fromarray(noise_image(seed=i)) for i in range(3)]
+    path = tmp_path / "anim.gif"
+    frames[0].save(path, save_all=True, append_images=frames[1:])
+    assert scan.check_image(str(path))[0] is None
+
+
+def _bad_files(tmp_path):
+    jpeg = encode(noise_image())
+    files = {
+        "zero.jpg": (b"", "empty file"),
+        "truncated.jpg": (jpeg[: len(jpeg) // 2], "corrupt or truncated jpeg"),
+        "random.jpg": (np.random.default_rng(0).bytes(700),
+                       "not an image"),
+        "text.jpg": (b"this is not an image at all\n" * 4, "not an image"),
+        "tiff.jpg": (encode(noise_image(), "TIFF"),
+                     "unsupported image format 'tiff'"),
+        "tiny.png": (encode(noise_image((1, 1)), "PNG"), "too small"),
+        "blank.png": (encode(np.full((40, 40, 3), 250, np.uint8), "PNG"),
+                      "placeholder"),
+    }
+    for name, (data, _) in files.items():
+        (tmp_path / name).write_bytes(data)
+    return {str(tmp_path / name): reason for name, (_, reason) in files.items()}
+
+
+def test_each_bad_kind_is_skipped_with_a_specific_reason(tmp_path):
+    expected = _bad_files(tmp_path)
+    good = write_image(tmp_path / "good.jpg")
+    entries = [_entry(p) for p in list(expected) + [str(good)]]
+    result = scan.scan_files(entries)
+    assert [e.path for e in result.usable] == [str(good)]
+    reasons = {s.path: s.reason for s in result.skipped}
+    assert set(reasons) == set(expected)
+    for path, fragment in expected.items():
+        assert fragment in reasons[path], (path, reasons[path])
+
+
+def test_decompression_bomb_guard(tmp_path):
+    for fmt in ("JPEG", "PNG", "GIF", "BMP"):
+        path = write_image(tmp_path / f"big.{fmt.lower()}", noise_image((40, 40)),
+                           fmt=fmt)
+        reason, _ = scan.check_image(str(path), max_pixels=1000)
+        assert reason and "too large: 40x40" in reason, (fmt, reason)
+        assert scan.check_image(str(path), max_pixels=1600)[0] is None
+
+
+def test_unreadable_file_is_skipped(tmp_path):
+    path = write_image(tmp_path / "locked.jpg")
+    os.chmod(path, 0)
+    try:
+        if os.access(path, os.R_OK):
+            pytest.skip("running as a user that ignores file permissions")
+        assert "cannot read file" in _scan_one(path).skipped[0].reason
+    finally:
+        os.chmod(path, 0o644)
+
+
+def test_strict_lists_every_bad_file(tmp_path):
+    expected = _bad_files(tmp_path)
+    with pytest.raises(scan.BadImagesError) as info:
+        scan.scan_files([_entry(p) for p in expected], strict=True)
+    assert len(info.value.skipped) == len(expected)
+    for path in expected:
+        assert path in str(info.value)
+
+
+def test_scan_cache_reuses_verdicts_and_notices_changes(tmp_path):
+    cache = tmp_path / "cache"
+    good = write_image(tmp_path / "data" / "a.jpg")
+    bad = tmp_path / "data" / "b.jpg"
+    bad.write_bytes(b"")
+    entries = [_entry(good), _entry(bad)]
+    first = scan.scan_files(entries, root=tmp_path / "data", cache_dir=cache)
+    assert first.cached == 0 and len(first.usable) == 1
+    second = scan.scan_files(entries, root=tmp_path / "data", cache_dir=cache)
+    assert second.cached == 2
+    assert second.skipped == first.skipped
+    # Fixing the bad file changes its size and mtime: it is checked again.
+    write_image(bad)
+    os.utime(bad, ns=(time.time_ns() + 10**9, time.time_ns() + 10**9))
+    third = scan.scan_files(entries, root=tmp_path / "data", cache_dir=cache)
+    assert third.cached == 1 and len(third.usable) == 2
+
+
+def test_scan_cache_respects_options(tmp_path):
+    cache = tmp_path / "cache"
+    path = write_image(tmp_path / "blank.png", np.full((20, 20, 3), 7, np.uint8),
+                       fmt="PNG")
+    assert _scan_one(path, root=tmp_path, cache_dir=cache).skipped
+    kept = _scan_one(path, root=tmp_path, cache_dir=cache,
+                     skip_placeholders=False)
+    assert kept.cached == 0 and len(kept.usable) == 1
+
+
+def test_sniff_format():
+    assert scan.sniff_format(b"\xff\xd8\xff\xe0" + b"\0" * 28) == "jpeg"
+    assert scan.sniff_format(b"\x89PNG\r\n\x1a\n" + b"\0" * 24) == "png"
+    assert scan.sniff_format(b"RIFF\0\0\0\0WEBPVP8 " + b"\0" * 16) == "webp"
+    assert scan.sniff_format(b"hello") is None
+
+
+@pytest.mark.assets
+def test_hymenoptera_reports_exactly_the_junk_gif():
+    root = assets_path("datasets", "hymenoptera")
+    folder = sources.list_image_folder(root)
+    entries = [e for split in folder.splits.values() for e in split]
+    result = scan.scan_files(entries)
+    assert [s.path for s in result.skipped] == [
+        str(root / "train" / "ants" / "imageNotFound.gif")]
+    assert "placeholder" in result.skipped[0].reason
+    assert len(result.usable) == len(entries) - 1 == 397

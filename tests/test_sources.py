@@ -1,0 +1,88 @@
+import os
+
+import pytest
+
+from conftest import make_folder
+from conftest import write_image
+from tlfast.data import sources
+
+
+def test_flat_folder_lists_classes_and_files(flat_folder):
+    folder = sources.list_image_folder(flat_folder)
+    assert folder.class_names == ("cats", "dogs")
+    assert not folder.presplit
+    files = folder.splits["all"]
+    assert len(files) == 24
+    assert {f.label for f in files} == {0, 1}
+    assert all(os.path.isabs(f.path) for f in files)
+    assert files[0].relpath == "cats/img_000.jpg"
+
+
+def test_split_layout_with_val_folder(split_folder):
+    folder = sources.list_image_folder(split_folder)
+    assert folder.presplit
+    assert set(folder.splits) == {"train", "validation"}
+    assert len(folder.splits["train"]) == 11
+    assert len(folder.splits["validation"]) == 5
+    assert folder.splits["validation"][0].relpath == "val/ants/img_000.jpg"
+
+
+def test_validation_and_test_folder_names(tmp_path):
+    make_folder(tmp_path / "Train", {"a": 2, "b": 2})
+    make_folder(tmp_path / "validation", {"a": 1, "b": 1})
+    make_folder(tmp_path / "test", {"a": 1})
+    folder = sources.list_image_folder(tmp_path)
+    assert set(folder.splits) == {"train", "validation", "test"}
+    assert len(folder.splits["test"]) == 1
+
+
+def test_extensions_case_insensitive_spaces_hidden_and_nested(tmp_path):
+    write_image(tmp_path / "a" / "UPPER.JPG")
+    write_image(tmp_path / "a" / "with space.jpeg")
+    write_image(tmp_path / "a" / "nested" / "deep.png", fmt="PNG")
+    write_image(tmp_path / "a" / ".hidden.jpg")
+    write_image(tmp_path / "a" / ".hidden_dir" / "x.jpg")
+    (tmp_path / "a" / "Thumbs.db").write_bytes(b"junk")
+    (tmp_path / "a" / ".DS_Store").write_bytes(b"junk")
+    write_image(tmp_path / "b" / "one.gif", fmt="GIF")
+    write_image(tmp_path / "b" / "two.bmp", fmt="BMP")
+    (tmp_path / "b" / "notes.txt").write_text("hello")
+    folder = sources.list_image_folder(tmp_path)
+    rel = sorted(f.relpath for f in folder.splits["all"])
+    assert rel == ["a/UPPER.JPG", "a/nested/deep.png", "a/with space.jpeg",
+                   "b/one.gif", "b/two.bmp"]
+    assert len(folder.skipped) == 1
+    assert folder.skipped[0].path.endswith("notes.txt")
+    assert "unsupported file extension '.txt'" in folder.skipped[0].reason
+
+
+def test_symlink_loop_does_not_hang(tmp_path):
+    make_folder(tmp_path, {"a": 2, "b": 2})
+    os.symlink(tmp_path / "a", tmp_path / "a" / "loop")
+    folder = sources.list_image_folder(tmp_path)
+    assert len(folder.splits["all"]) == 4
+
+
+def test_missing_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="Dataset folder not found"):
+        sources.list_image_folder(tmp_path / "nope")
+
+
+def test_single_class_is_a_clear_error(tmp_path):
+    make_folder(tmp_path, {"only": 3})
+    with pytest.raises(ValueError, match="at least 2 class sub-folders"):
+        sources.list_image_folder(tmp_path)
+
+
+def test_validation_class_missing_from_train_is_an_error(tmp_path):
+    make_folder(tmp_path / "train", {"a": 2, "b": 2})
+    make_folder(tmp_path / "val", {"a": 1, "c": 1})
+    with pytest.raises(ValueError, match=r"\['c'\]"):
+        sources.list_image_folder(tmp_path)
+
+
+def test_load_tfds_offline_error_names_the_offline_options(tmp_path):
+    # No network here (and in most CI): the real download path must fail
+    # with a message that says what to do instead.
+    with pytest.raises(RuntimeError, match="--data_dir"):
+        sources.load_tfds("tf_flowers", data_dir=str(tmp_path), download=False)

@@ -1,0 +1,52 @@
+import pytest
+
+from conftest import make_folder
+from tlfast.data import sources
+from tlfast.data import split
+
+
+def _entries(n_per_class, classes=2):
+    return [sources.FileEntry(f"/x/c{c}/{i}.jpg", f"c{c}/{i}.jpg", c)
+            for c in range(classes) for i in range(n_per_class)]
+
+
+def test_fraction_is_respected_per_class():
+    splits = split.split_entries(_entries(1000), validation_split=0.2, seed=0)
+    counts = split.split_counts(splits, 2)
+    for per_class in counts["validation"]:
+        assert 160 <= per_class <= 240
+    assert sum(counts["train"]) + sum(counts["validation"]) == 2000
+
+
+def test_adding_files_never_moves_existing_ones():
+    before = split.split_entries(_entries(200), 0.25, seed=3)
+    after = split.split_entries(_entries(260), 0.25, seed=3)
+    for side in ("train", "validation"):
+        old = {e.relpath for e in before[side]}
+        new = {e.relpath for e in after[side]}
+        assert old <= new
+
+
+def test_same_seed_same_split_other_seed_other_split():
+    a = split.split_entries(_entries(100), 0.2, seed=1)
+    b = split.split_entries(_entries(100), 0.2, seed=1)
+    c = split.split_entries(_entries(100), 0.2, seed=2)
+    assert a == b
+    assert a["validation"] != c["validation"]
+
+
+@pytest.mark.parametrize("bad", [0, 1, -0.1, 1.5])
+def test_bad_fraction(bad):
+    with pytest.raises(ValueError, match="validation_split"):
+        split.split_entries(_entries(3), bad)
+
+
+def test_write_and_read_split(tmp_path):
+    make_folder(tmp_path / "data", {"a b": 5, "c": 5})
+    folder = sources.list_image_folder(tmp_path / "data")
+    splits = split.split_entries(folder.splits["all"], 0.4, seed=0)
+    path = tmp_path / "out" / "split.csv"
+    split.write_split(path, splits, folder.class_names)
+    back = split.read_split(path)
+    for side, entries in splits.items():
+        assert back.get(side, []) == [(e.relpath, e.label) for e in entries]
