@@ -1,0 +1,67 @@
+import keras
+import numpy as np
+import pytest
+
+from tlfast import head as head_lib
+
+
+def _blobs(n=200, d=16, classes=3, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 3, (classes, d))
+    y = rng.integers(0, classes, n)
+    return (centres[y] + rng.normal(0, 1, (n, d))).astype("float32"), y
+
+
+def test_head_shapes_and_float32_output_under_mixed_precision():
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        head = head_lib.build_head(16, 3, head_lib.HeadConfig(hidden_units=8))
+        out = head(np.zeros((2, 16), "float16"))
+        assert out.shape == (2, 3)
+        assert keras.backend.standardize_dtype(out.dtype) == "float32"
+        assert all(l.dtype_policy.name == "float32" for l in head.layers)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def test_train_head_learns_and_is_seeded():
+    (x, y), (vx, vy) = _blobs(seed=0), _blobs(seed=0, n=100)
+    results = []
+    for _ in range(2):
+        keras.utils.set_random_seed(1)
+        head = head_lib.build_head(16, 3, head_lib.HeadConfig(seed=1))
+        config = head_lib.HeadConfig(epochs=15, seed=1, learning_rate=0.02)
+        head_lib.train_head(head, (x, y), (vx, vy), config)
+        results.append(head.predict(vx, verbose=0))
+    accuracy = (results[0].argmax(1) == vy).mean()
+    assert accuracy > 0.9
+    np.testing.assert_allclose(results[0], results[1], atol=1e-6)
+
+
+def test_early_stopping_restores_the_best_epoch():
+    x, y = _blobs()
+    vx, vy = _blobs(seed=5)  # Different centres: val loss gets worse.
+    head = head_lib.build_head(16, 3)
+    config = head_lib.HeadConfig(epochs=40, patience=2, learning_rate=0.05)
+    history = head_lib.train_head(head, (x, y), (vx, vy), config)
+    losses = history.history["val_loss"]
+    assert len(losses) < 40
+    best = min(losses)
+    final = head.evaluate(vx, vy, verbose=0, return_dict=True)["loss"]
+    assert final == pytest.approx(best, rel=1e-3)
+
+
+def test_label_smoothing_compiles_and_trains():
+    x, y = _blobs()
+    head = head_lib.build_head(16, 3)
+    config = head_lib.HeadConfig(epochs=3, label_smoothing=0.1)
+    history = head_lib.train_head(head, (x, y), None, config)
+    assert len(history.history["loss"]) == 3
+
+
+@pytest.mark.parametrize("kwargs", [{"dropout": 1.0}, {"learning_rate": 0},
+                                    {"epochs": 0}, {"batch_size": 0},
+                                    {"hidden_units": -1}])
+def test_config_validation(kwargs):
+    with pytest.raises(ValueError, match="Received: "):
+        head_lib.HeadConfig(**kwargs)

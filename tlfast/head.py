@@ -1,0 +1,138 @@
+"""The classification head, trained on cached features in memory.
+
+The head is float32 whatever the global policy: it is tiny, and its softmax
+must not saturate in float16.
+"""
+
+import dataclasses
+
+import keras
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadConfig:
+    """Head architecture and training.
+
+    Attributes:
+      hidden_units: Width of an optional hidden ReLU layer (0: none, a linear
+        classifier on the features).
+      dropout: Dropout rate before each Dense layer.
+      learning_rate: Adam learning rate.
+      epochs: Maximum epochs (early stopping usually ends sooner).
+      batch_size: Examples per step.
+      patience: Early-stopping patience in epochs, on validation loss; the
+        best epoch's weights are restored. 0 disables early stopping.
+      label_smoothing: Cross-entropy label smoothing.
+      seed: Seeds the initialisers and dropout.
+    """
+
+    hidden_units: int = 0
+    dropout: float = 0.2
+    learning_rate: float = 1e-3
+    epochs: int = 50
+    batch_size: int = 64
+    patience: int = 10
+    label_smoothing: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self):
+        checks = {
+            "hidden_units": self.hidden_units >= 0,
+            "dropout": 0.0 <= self.dropout < 1.0,
+            "learning_rate": self.learning_rate > 0,
+            "epochs": self.epochs >= 1,
+            "batch_size": self.batch_size >= 1,
+            "patience": self.patience >= 0,
+            "label_smoothing": 0.0 <= self.label_smoothing < 1.0,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise ValueError(
+                    f"Invalid head setting {name}. Received: "
+                    f"{name}={getattr(self, name)!r}")
+
+
+def build_head(feature_dim, num_classes, config=HeadConfig()):
+    """Builds the head: [Dropout -> Dense(relu)] -> Dropout -> Dense(softmax).
+
+    Args:
+      feature_dim: Size of the pooled backbone features.
+      num_classes: Number of classes (>= 2).
+      config: A `HeadConfig`.
+
+    Returns:
+      A `keras.Sequential` named "head" mapping float [B, feature_dim] to
+      float32 class probabilities [B, num_classes].
+    """
+    seed = config.seed
+    layers = [keras.Input((feature_dim,), name="features")]
+    if config.hidden_units:
+        layers += [
+            keras.layers.Dropout(config.dropout, seed=seed, dtype="float32",
+                                 name="head_dropout_hidden"),
+            keras.layers.Dense(
+                config.hidden_units, activation="relu", dtype="float32",
+                kernel_initializer=keras.initializers.HeNormal(seed),
+                name="head_hidden"),
+        ]
+    layers += [
+        keras.layers.Dropout(config.dropout, seed=seed + 1, dtype="float32",
+                             name="head_dropout"),
+        keras.layers.Dense(
+            num_classes, activation="softmax", dtype="float32",
+            kernel_initializer=keras.initializers.GlorotUniform(seed + 2),
+            name="predictions"),
+    ]
+    return keras.Sequential(layers, name="head")
+
+
+def compile_classifier(model, learning_rate, label_smoothing=0.0):
+    """Compiles a classifier with Adam and (sparse) categorical cross-entropy."""
+    if label_smoothing:
+        # Smoothing needs one-hot labels; keep integer labels in the pipeline.
+        num_classes = model.output_shape[-1]
+        base = keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing)
+
+        def loss(y_true, y_pred):
+            y_true = keras.ops.one_hot(
+                keras.ops.cast(keras.ops.reshape(y_true, (-1,)), "int32"),
+                num_classes)
+            return base(y_true, y_pred)
+    else:
+        loss = keras.losses.SparseCategoricalCrossentropy()
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss,
+                  metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+    return model
+
+
+def train_head(head, train, validation=None, config=HeadConfig(), callbacks=(),
+               verbose=0):
+    """Fits the head on in-memory features.
+
+    Args:
+      head: From `build_head`.
+      train: (features float32 [N, D], labels int [N]).
+      validation: Optional (features, labels) for validation and early
+        stopping.
+      config: A `HeadConfig`.
+      callbacks: Extra Keras callbacks (progress, TensorBoard).
+      verbose: Keras fit verbosity.
+
+    Returns:
+      The `keras.callbacks.History` of the fit.
+    """
+    compile_classifier(head, config.learning_rate, config.label_smoothing)
+    callbacks = list(callbacks)
+    if validation is not None and config.patience:
+        callbacks.append(keras.callbacks.EarlyStopping(
+            monitor="val_loss", patience=config.patience,
+            restore_best_weights=True))
+    x, y = train
+    return head.fit(
+        np.asarray(x, np.float32), np.asarray(y, np.int32),
+        validation_data=None if validation is None else (
+            np.asarray(validation[0], np.float32),
+            np.asarray(validation[1], np.int32)),
+        epochs=config.epochs, batch_size=config.batch_size, shuffle=True,
+        callbacks=callbacks, verbose=verbose)

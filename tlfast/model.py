@@ -1,0 +1,64 @@
+"""End-to-end models: uint8 images -> [augmentation] -> backbone -> head.
+
+The same graph pieces serve feature extraction (no head) and the exported
+classifier, so features cached from one are exactly what the other computes.
+"""
+
+import keras
+
+from tlfast import backbones
+
+
+def _features(image, backbone_model, augmentation, always_augment=False):
+    """Wires image (uint8 KerasTensor) to pooled features."""
+    preprocessing, inner = (backbone_model.get_layer("preprocessing"),
+                            backbones.get_inner_model(backbone_model))
+    x = image
+    if augmentation is not None:
+        # Augmentation works on float [0, 255]; the "none" mode is a cast.
+        x = backbones.BackbonePreprocessing("none", name="to_float")(x)
+        # Fixed training=True: augmented views for the feature cache are made
+        # by `predict`, which otherwise turns augmentation off.
+        x = augmentation(x, training=True) if always_augment else augmentation(x)
+    x = preprocessing(x)
+    # training=False keeps BatchNormalization in inference mode even when
+    # top blocks are unfrozen for fine-tuning.
+    return inner(x, training=False)
+
+
+def build_feature_model(backbone_model, augmentation=None, always_augment=False,
+                        name="features"):
+    """uint8 images -> pooled features, with optional augmentation in front.
+
+    Args:
+      backbone_model: From `backbones.create_backbone`.
+      augmentation: Optional augmentation block (`make_augmentation`).
+      always_augment: Augment even at inference (`predict`): for computing
+        augmented views of the training images.
+      name: Model name.
+
+    Returns:
+      A `keras.Model` uint8 [B, S, S, 3] -> float [B, feature_dim].
+    """
+    image = keras.Input(backbone_model.input_shape[1:], dtype="uint8",
+                        name="image")
+    features = _features(image, backbone_model, augmentation, always_augment)
+    return keras.Model(image, features, name=name)
+
+
+def build_classifier(backbone_model, head, augmentation=None, name="classifier"):
+    """The exported model: uint8 images -> class probabilities (float32).
+
+    Args:
+      backbone_model: From `backbones.create_backbone` (weights shared).
+      head: From `head.build_head` (weights shared).
+      augmentation: Optional augmentation block; active only in training.
+      name: Model name.
+
+    Returns:
+      A `keras.Model` uint8 [B, S, S, 3] -> float32 [B, num_classes].
+    """
+    image = keras.Input(backbone_model.input_shape[1:], dtype="uint8",
+                        name="image")
+    features = _features(image, backbone_model, augmentation)
+    return keras.Model(image, head(features), name=name)

@@ -1,0 +1,336 @@
+"""The main job: validated data -> cached frozen features -> head -> [fine-tune] -> outputs.
+
+`run_training(TrainConfig(...))` is the library entry point; `tlfast.train`
+is the absl-flags script around it (it alone sets the precision policy and
+the global seed).
+"""
+
+import csv
+import dataclasses
+import json
+import logging
+import os
+import platform
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tlfast import backbones
+from tlfast import features as features_lib
+from tlfast import head as head_lib
+from tlfast import model as model_lib
+from tlfast import prepare
+from tlfast.data import augment as augment_lib
+from tlfast.data import pipeline
+from tlfast.data import split as split_lib
+from tlfast.progress import EpochLogger
+from tlfast.progress import Phase
+
+log = logging.getLogger("tlfast")
+DEFAULT_CACHE_DIR = os.path.join("~", ".cache", "tlfast")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run needs; `tlfast.train`'s flags reuse these defaults."""
+
+    output_dir: str = None
+    data_dir: str = None
+    tfds_name: str = None
+    tfds_data_dir: str = None
+    validation_split: float = 0.2
+    backbone: str = "mobilenet_v2"
+    weights: str = "imagenet"
+    image_size: int = None
+    resize: str = "resize"
+    batch_size: int = 32
+    epochs: int = 50
+    learning_rate: float = 1e-3
+    hidden_units: int = 0
+    dropout: float = 0.2
+    patience: int = 10
+    label_smoothing: float = 0.0
+    fine_tune_epochs: int = 0
+    fine_tune_blocks: int = 1
+    fine_tune_learning_rate: float = 1e-4
+    augment: str = "standard"
+    augment_views: int = 0
+    cache_dir: str = DEFAULT_CACHE_DIR
+    ram_budget_mb: int = 2048
+    feature_dtype: str = "float16"
+    seed: int = 0
+    strict: bool = False
+
+
+def check_config(config):
+    """Fails fast, before any heavy work, on values that cannot work.
+
+    Returns:
+      (spec, image_size, canonical augmentation spec).
+    """
+    if not config.output_dir:
+        raise ValueError("output_dir is required: where the model, labels and "
+                         "reports go. Received: output_dir=None")
+    if config.data_dir and config.tfds_name:
+        raise ValueError(
+            "Pass either data_dir or tfds_name, not both. Received: "
+            f"data_dir={config.data_dir!r}, tfds_name={config.tfds_name!r}")
+    spec = backbones.get_backbone_spec(config.backbone)
+    size = config.image_size or spec.default_size
+    if size < spec.min_size:
+        raise ValueError(
+            f"image_size must be at least {spec.min_size} for backbone "
+            f"'{spec.name}'. Received: image_size={size}")
+    positive = {"batch_size": config.batch_size, "epochs": config.epochs,
+                "learning_rate": config.learning_rate,
+                "fine_tune_learning_rate": config.fine_tune_learning_rate}
+    for name, value in positive.items():
+        if not value > 0:
+            raise ValueError(f"{name} must be > 0. Received: {name}={value!r}")
+    for name in ("fine_tune_epochs", "augment_views", "fine_tune_blocks"):
+        if getattr(config, name) < 0:
+            raise ValueError(f"{name} must be >= 0. Received: "
+                             f"{name}={getattr(config, name)!r}")
+    if config.fine_tune_epochs and not (
+            1 <= config.fine_tune_blocks <= len(spec.blocks)):
+        raise ValueError(
+            f"fine_tune_blocks must be in [1, {len(spec.blocks)}] for "
+            f"'{spec.name}'. Received: fine_tune_blocks={config.fine_tune_blocks}")
+    if not 0 < config.validation_split < 1:
+        raise ValueError("validation_split must be in (0, 1). Received: "
+                         f"validation_split={config.validation_split!r}")
+    if config.feature_dtype not in ("float16", "float32"):
+        raise ValueError("feature_dtype must be 'float16' or 'float32'. "
+                         f"Received: feature_dtype={config.feature_dtype!r}")
+    ops = augment_lib.parse_augmentation(config.augment)
+    if config.augment_views and not ops:
+        raise ValueError("augment_views > 0 needs augmentation ops. Received: "
+                         f"augment={config.augment!r}")
+    weights = config.weights
+    if weights not in (None, "imagenet", "none") and not os.path.isfile(
+            os.path.expanduser(weights)):
+        raise FileNotFoundError(
+            f"Weights file not found: '{weights}'. Pass imagenet, none, or a "
+            f"path to a .weights.h5 / .h5 file. Received: weights={weights!r}")
+    head_config(config)  # Validates the head settings.
+    for path in (config.output_dir, os.path.expanduser(config.cache_dir)):
+        _check_writable(path)
+    canonical = ",".join(f"{op}:{s}" if s else op for op, s in ops)
+    return spec, size, canonical
+
+
+def _check_writable(path):
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise OSError(f"Cannot create folder '{path}': {e.strerror or e}. "
+                      "Pass a writable path.") from e
+    if not os.access(path, os.W_OK):
+        raise PermissionError(f"Folder '{path}' is not writable. Pass a "
+                              "writable path.")
+
+
+def head_config(config):
+    return head_lib.HeadConfig(
+        hidden_units=config.hidden_units, dropout=config.dropout,
+        learning_rate=config.learning_rate, epochs=config.epochs,
+        batch_size=config.batch_size, patience=config.patience,
+        label_smoothing=config.label_smoothing, seed=config.seed)
+
+
+def _extract(entries, feature_model, key, config, phase, offset):
+    """Cached features of `entries` for one view."""
+    cache = features_lib.FeatureCache(os.path.expanduser(config.cache_dir), key)
+    ids = [features_lib.example_id(e) for e in entries]
+
+    def make_dataset(indices):
+        subset = [entries[i] for i in indices]
+        ds = pipeline.files_dataset(subset, key.image_size, key.resize)
+        return ds.batch(config.batch_size).prefetch(tf.data.AUTOTUNE)
+
+    def progress(done, total, rate):
+        phase.update(offset + done)
+
+    return features_lib.extract_features(ids, make_dataset, feature_model, cache,
+                                         progress=progress)
+
+
+def extract_all(data, backbone_model, spec, size, canonical, config, timings):
+    """Features for every training view and for validation."""
+    base = dict(backbone=spec.name,
+                weights=backbones.weights_identity(config.weights),
+                image_size=size, resize=config.resize,
+                preprocessing=spec.preprocessing,
+                precision=keras.mixed_precision.global_policy().name,
+                dtype=config.feature_dtype)
+    jobs = [(data.validation, features_lib.FeatureKey(**base), None)]
+    for view in range(config.augment_views + 1):
+        augmentation = None
+        if view:
+            augmentation = augment_lib.make_augmentation(
+                canonical, seed=config.seed * 1000 + view)
+        key = features_lib.FeatureKey(**base, view=view,
+                                      augment=canonical if view else "",
+                                      seed=config.seed if view else 0)
+        jobs.append((data.train, key, augmentation))
+    total = sum(len(entries) for entries, _, _ in jobs)
+    results, stats = [], []
+    with Phase("extract", total=total, timings=timings) as phase:
+        clean = model_lib.build_feature_model(backbone_model)
+        for entries, key, augmentation in jobs:
+            feature_model = clean if augmentation is None else (
+                model_lib.build_feature_model(backbone_model, augmentation,
+                                              always_augment=True))
+            feats, stat = _extract(entries, feature_model, key, config, phase,
+                                   phase.done)
+            phase.update(phase.done + len(entries), force=True)
+            results.append(feats)
+            stats.append(stat)
+    forwarded = sum(s.forwarded for s in stats)
+    cached = sum(s.cached for s in stats)
+    status = "hit" if not forwarded else ("miss" if not cached else "partial")
+    val_features, train_views = results[0], results[1:]
+    digests = [key.digest() for _, key, _ in jobs]
+    return val_features, train_views, status, forwarded, stats, digests
+
+
+def _labels(entries):
+    return np.array([e.label for e in entries], np.int32)
+
+
+def fine_tune(classifier, backbone_model, spec, data, size, config, timings,
+              callbacks):
+    """Trains the top blocks end to end on the uint8 pixel pipeline."""
+    trainable = backbones.unfreeze_top_blocks(backbone_model, spec,
+                                              config.fine_tune_blocks)
+    log.info("[fine_tune] %d layer(s) unfrozen in the top %d block(s)",
+             len(trainable), config.fine_tune_blocks)
+    head_lib.compile_classifier(classifier, config.fine_tune_learning_rate,
+                                config.label_smoothing)
+    pconfig = pipeline.PipelineConfig(
+        image_size=size, batch_size=config.batch_size, resize=config.resize,
+        ram_budget_mb=config.ram_budget_mb,
+        cache_dir=os.path.expanduser(config.cache_dir), seed=config.seed)
+    train_ds = pipeline.to_supervised(pipeline.image_folder_dataset(
+        data.train, pconfig, training=True))
+    val_ds = pipeline.to_supervised(pipeline.image_folder_dataset(
+        data.validation, pconfig, training=False))
+    with Phase("fine_tune", timings=timings):
+        history = classifier.fit(
+            train_ds, validation_data=val_ds, epochs=config.fine_tune_epochs,
+            verbose=0, callbacks=[EpochLogger("fine_tune", len(data.train)),
+                                  *callbacks])
+    return history.history
+
+
+def _write_history(path, stages):
+    rows = []
+    for stage, history in stages:
+        for epoch in range(len(next(iter(history.values()), []))):
+            rows.append({"stage": stage, "epoch": epoch + 1,
+                         **{k: float(v[epoch]) for k, v in history.items()}})
+    fields = ["stage", "epoch"] + sorted({k for r in rows for k in r} -
+                                         {"stage", "epoch"})
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fields)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _write_json(path, obj):
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True, default=str)
+
+
+def run_training(config):
+    """Runs the whole job; see the module docstring.
+
+    Args:
+      config: A `TrainConfig`. Uses the Keras global dtype policy and seed
+        as set by the caller.
+
+    Returns:
+      The metrics dict also written to `<output_dir>/metrics.json`.
+    """
+    start = time.perf_counter()
+    timings = {}
+    spec, size, canonical = check_config(config)
+    if not config.data_dir:
+        raise NotImplementedError("TFDS sources are handled by tlfast.train.")
+    with Phase("scan", timings=timings):
+        data = prepare.prepare_folder(
+            config.data_dir, validation_split=config.validation_split,
+            seed=config.seed, cache_dir=os.path.expanduser(config.cache_dir),
+            strict=config.strict)
+    prepare.log_skipped(data.skipped)
+    log.info("%d classes, %d training and %d validation images",
+             len(data.class_names), len(data.train), len(data.validation))
+    split_lib.write_split(os.path.join(config.output_dir, "split.csv"),
+                          {"train": data.train, "validation": data.validation},
+                          data.class_names)
+    with Phase("backbone", timings=timings):
+        backbone_model = backbones.create_backbone(spec.name, config.weights,
+                                                   size)
+    val_x, train_views, cache_status, forwarded, stats, digests = extract_all(
+        data, backbone_model, spec, size, canonical, config, timings)
+    train_x = np.concatenate(train_views)
+    train_y = np.tile(_labels(data.train), len(train_views))
+    val_y = _labels(data.validation)
+    head = head_lib.build_head(spec.feature_dim, len(data.class_names),
+                               head_config(config))
+    tensorboard = keras.callbacks.TensorBoard(
+        os.path.join(config.output_dir, "logs"))
+    with Phase("head", timings=timings):
+        head_history = head_lib.train_head(
+            head, (train_x, train_y), (val_x, val_y), head_config(config),
+            callbacks=[EpochLogger("head", len(train_x)), tensorboard])
+    stages = [("head", head_history.history)]
+    val_accuracy = float(head.evaluate(val_x, val_y, verbose=0,
+                                       return_dict=True)["accuracy"])
+    augmentation = augment_lib.make_augmentation(canonical, seed=config.seed)
+    classifier = model_lib.build_classifier(backbone_model, head, augmentation)
+    if config.fine_tune_epochs:
+        stages.append(("fine_tune", fine_tune(
+            classifier, backbone_model, spec, data, size, config, timings,
+            [tensorboard])))
+        val_accuracy = float(stages[-1][1]["val_accuracy"][-1])
+    with Phase("save", timings=timings):
+        classifier.save(os.path.join(config.output_dir, "model.keras"))
+        with open(os.path.join(config.output_dir, "labels.txt"), "w") as f:
+            f.write("\n".join(data.class_names) + "\n")
+        _write_history(os.path.join(config.output_dir, "history.csv"), stages)
+    timings["total"] = round(time.perf_counter() - start, 3)
+    metrics = {
+        "val_accuracy": val_accuracy,
+        "num_train": len(data.train),
+        "num_val": len(data.validation),
+        "num_classes": len(data.class_names),
+        "class_names": list(data.class_names),
+        "skipped": [{"path": s.path, "reason": s.reason} for s in data.skipped],
+        "timings_s": timings,
+        "feature_cache": cache_status,
+        "backbone_images_forwarded": forwarded,
+        "features_cached": sum(s.cached for s in stats),
+        "scan_cached": data.scan_cached,
+        "image_size": size,
+    }
+    _write_json(os.path.join(config.output_dir, "metrics.json"), metrics)
+    _write_json(os.path.join(config.output_dir, "run.json"), {
+        "config": dataclasses.asdict(config),
+        "resolved": {"backbone": spec.name, "image_size": size,
+                     "augment": canonical,
+                     "precision": keras.mixed_precision.global_policy().name,
+                     "weights_identity": backbones.weights_identity(config.weights)},
+        "versions": {"tensorflow": tf.__version__, "keras": keras.__version__,
+                     "python": platform.python_version(),
+                     "backend": keras.backend.backend()},
+        "seed": config.seed,
+        "split": {"file": "split.csv", "presplit": data.presplit,
+                  "validation_split": config.validation_split},
+        "cache_keys": {"features": digests},
+    })
+    log.info("val_accuracy=%.4f  feature_cache=%s  forwarded=%d  total=%.1fs",
+             val_accuracy, cache_status, forwarded, timings["total"])
+    return metrics
