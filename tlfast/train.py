@@ -37,6 +37,8 @@ flags.DEFINE_integer("image_size", _D.image_size, "Square input size "
 flags.DEFINE_enum("resize", _D.resize, ["resize", "crop", "pad"],
                   "How images become square.")
 flags.DEFINE_integer("batch_size", _D.batch_size, "Batch size.")
+flags.DEFINE_integer("head_batch_size", _D.head_batch_size, "Batch size for "
+                     "head training on cached features.")
 flags.DEFINE_integer("epochs", _D.epochs, "Maximum head-training epochs "
                      "(early stopping on validation loss).")
 flags.DEFINE_float("learning_rate", _D.learning_rate, "Head learning rate.")
