@@ -39,6 +39,8 @@ def test_identity_at_inference_and_random_in_training():
     block = augment.make_augmentation("strong", seed=1)
     x = _images()
     np.testing.assert_array_equal(np.asarray(block(x, training=False)), x)
+    # Keras' own random layers augment when training is not given; ours not.
+    np.testing.assert_array_equal(np.asarray(block(x)), x)
     y = np.asarray(block(x, training=True))
     assert y.shape == x.shape
     assert not np.allclose(y, x)
@@ -51,3 +53,15 @@ def test_works_inside_tf_data():
         lambda x: block(x, training=True))
     out = np.concatenate([b.numpy() for b in ds])
     assert out.shape == (4, 32, 32, 3)
+
+
+def test_serialization_round_trip(tmp_path):
+    import keras
+
+    inputs = keras.Input((32, 32, 3))
+    model = keras.Model(inputs, augment.make_augmentation("flip,zoom:0.3", 5)(inputs))
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    layer = loaded.get_layer("augmentation")
+    assert layer.spec == "flip,zoom:0.3" and layer.seed == 5
+    np.testing.assert_array_equal(np.asarray(loaded(_images())), _images())

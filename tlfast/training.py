@@ -123,8 +123,7 @@ def check_config(config):
     head_config(config)  # Validates the head settings.
     for path in (config.output_dir, os.path.expanduser(config.cache_dir)):
         _check_writable(path)
-    canonical = ",".join(f"{op}:{s}" if s else op for op, s in ops)
-    return spec, size, canonical
+    return spec, size, augment_lib.canonical_spec(config.augment)
 
 
 def _check_writable(path):

@@ -98,6 +98,52 @@ def parse_augmentation(spec):
     return tuple(out)
 
 
+@keras.saving.register_keras_serializable(package="tlfast")
+class Augmentation(keras.layers.Layer):
+    """Random augmentation that is off unless called with `training=True`.
+
+    Keras 3's random image layers default to `training=True` in their call
+    signature, so a bare `model(images)` would augment. Wrapping them makes
+    "off" the default: only `fit` (or an explicit `training=True`) augments;
+    `predict`, `evaluate` and `model(images)` do not.
+
+    Input and output: float [B, H, W, 3] in [0, 255].
+    """
+
+    def __init__(self, spec, seed=None, **kwargs):
+        kwargs.setdefault("name", "augmentation")
+        super().__init__(**kwargs)
+        self.spec = spec
+        self.seed = seed
+        ops = parse_augmentation(spec)
+        self.ops = [OPS[op](strength, None if seed is None else seed + i,
+                            f"aug{i}_{op}")
+                    for i, (op, strength) in enumerate(ops)]
+
+    def build(self, input_shape):
+        for layer in self.ops:
+            layer.build(input_shape)
+
+    def call(self, inputs, training=None):
+        if not training:
+            return inputs
+        x = inputs
+        for layer in self.ops:
+            x = layer(x, training=True)
+        return x
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "spec": self.spec, "seed": self.seed}
+
+
+def canonical_spec(spec):
+    """The normalised string form of a spec, e.g. "flip,zoom:0.1"."""
+    return ",".join(f"{op}:{s}" if s else op for op, s in parse_augmentation(spec))
+
+
 def make_augmentation(spec, seed=None):
     """Builds the augmentation block.
 
@@ -106,13 +152,10 @@ def make_augmentation(spec, seed=None):
       seed: Seed for the random layers (each gets its own derived seed).
 
     Returns:
-      A `keras.Sequential` named "augmentation" mapping float32 [B, H, W, 3]
-      in [0, 255] to the same shape and range, or None for no augmentation.
+      An `Augmentation` layer mapping float32 [B, H, W, 3] in [0, 255] to the
+      same shape and range (identity unless `training=True`), or None for no
+      augmentation.
     """
-    ops = parse_augmentation(spec)
-    if not ops:
+    if not parse_augmentation(spec):
         return None
-    layers = [OPS[op](strength, None if seed is None else seed + i,
-                      f"aug{i}_{op}")
-              for i, (op, strength) in enumerate(ops)]
-    return keras.Sequential(layers, name="augmentation")
+    return Augmentation(canonical_spec(spec), seed)
