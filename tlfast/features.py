@@ -1,0 +1,446 @@
+"""A disk cache of frozen-backbone pooled features.
+
+A frozen backbone's output never changes, so each image goes through it once
+and the head trains on the stored vectors in seconds. Everything besides the
+image content that determines a vector is a `FeatureKey`, with its own folder:
+
+    <cache_dir>/features/<key.digest()>/
+        manifest.json           # key fields, feature_dim, format version
+        shard-<16 hex>.npz      # "ids" [n] str, "features" [n, D], "checksum"
+        .lock                   # flock held by `extract_features`
+
+A changed or added image has a new `example_id`, so only it is recomputed; an
+unchanged run does no backbone pass. Shards are renamed into place, so no
+reader sees half of one and a killed run loses at most the shard it was
+filling; a shard that fails to load or to match its checksum is deleted and
+its examples recomputed.
+"""
+
+import collections
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+
+import numpy as np
+
+from tlfast.data.scan import write_json_atomic
+
+try:
+    import fcntl
+except ImportError:  # Windows: no cross-process lock, see `FeatureCache.lock`.
+    fcntl = None
+
+FORMAT_VERSION = 1
+STORAGE_DTYPES = ("float16", "float32")
+_MANIFEST = "manifest.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureKey:
+    """Everything besides the image content that determines a feature vector.
+
+    Attributes:
+      backbone: Registry name of the backbone.
+      weights: `backbones.weights_identity(...)`, e.g. "imagenet", "none",
+        "sha256:...".
+      image_size: Side of the square input images.
+      resize: Pipeline resize mode.
+      preprocessing: The backbone spec's preprocessing mode.
+      precision: Compute precision, e.g. "float32", "mixed_float16".
+      view: 0 for the clean image; k >= 1 for the k-th augmented view.
+      augment: Canonical augmentation spec (only used when view >= 1).
+      seed: Augmentation seed (only used when view >= 1).
+      dtype: Storage dtype, "float16" or "float32".
+    """
+
+    backbone: str
+    weights: str
+    image_size: int
+    resize: str
+    preprocessing: str
+    precision: str
+    view: int = 0
+    augment: str = ""
+    seed: int = 0
+    dtype: str = "float16"
+
+    def __post_init__(self):
+        ints = (self.image_size, self.view, self.seed)
+        if self.dtype not in STORAGE_DTYPES or not all(
+                type(v) is int for v in ints) or self.image_size < 1 or self.view < 0:
+            raise ValueError(
+                f"Expected dtype in {STORAGE_DTYPES}, image_size >= 1, view >= 0 "
+                f"and an int seed. Received: dtype={self.dtype!r}, image_size="
+                f"{self.image_size!r}, view={self.view!r}, seed={self.seed!r}")
+
+    def fields(self):
+        """The key as a JSON-able dict; augment/seed are blanked for view 0.
+
+        The clean view does not depend on the augmentation, so it is shared
+        between runs that differ only in augmentation settings.
+        """
+        fields = dataclasses.asdict(self)
+        if self.view == 0:
+            fields.update(augment="", seed=0)
+        return fields
+
+    def digest(self):
+        """Stable hex id: first 20 hex digits of sha256(sorted JSON of fields)."""
+        text = json.dumps(self.fields(), sort_keys=True)
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()[:20]
+
+
+def example_id(entry):
+    """Content identity of a `FileEntry`: "relpath|size|mtime_ns".
+
+    An edited file gets a new id, so its feature is recomputed.
+    """
+    st = os.stat(entry.path)
+    return f"{entry.relpath}|{st.st_size}|{st.st_mtime_ns}"
+
+
+@dataclasses.dataclass
+class ExtractStats:
+    """What `extract_features` did.
+
+    Attributes:
+      total: Examples asked for.
+      cached: Examples served from the cache.
+      forwarded: Examples pushed through the backbone in this call.
+      seconds: Wall time of the call.
+    """
+
+    total: int
+    cached: int
+    forwarded: int
+    seconds: float
+
+    @property
+    def status(self):
+        """"hit" (nothing forwarded), "miss" (nothing cached) or "partial"."""
+        if self.forwarded == 0:
+            return "hit"
+        return "miss" if self.cached == 0 and self.total > 0 else "partial"
+
+
+def _drop_files(paths):
+    for path in paths:
+        with contextlib.suppress(OSError):
+            os.remove(path)
+
+
+def _stat_key(path):
+    st = os.stat(path)
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+class FeatureCache:
+    """The shards of one `FeatureKey`, under `<cache_dir>/features/<digest>/`.
+
+    A folder whose manifest does not match the key (or is unreadable) is
+    never used: its files are removed, with a warning, and it starts empty.
+
+    Args:
+      cache_dir: Root cache folder (shared with the other tlfast caches).
+      key: A `FeatureKey`.
+    """
+
+    def __init__(self, cache_dir, key):
+        if not isinstance(key, FeatureKey):
+            raise TypeError(f"Expected a FeatureKey. Received: key={key!r}")
+        self.key = key
+        self.path = os.path.join(os.fspath(cache_dir), "features", key.digest())
+        os.makedirs(self.path, exist_ok=True)
+        self._lock_fd = None
+        self._shard_ids = {}  # name -> (stat key, ids array), read once.
+        manifest, problem = self._read_manifest()
+        if problem:
+            with self.lock():  # Never clear a folder another process fills.
+                manifest, problem = self._read_manifest()
+                if problem:
+                    logging.warning("Not using the feature cache '%s': %s. "
+                                    "Recomputing its features.", self.path, problem)
+                    self._clear()
+                    manifest = None
+        self.feature_dim = manifest["feature_dim"] if manifest else None
+
+    def _known_dim(self):
+        """feature_dim, re-read in case another process wrote the manifest."""
+        if self.feature_dim is None:
+            manifest, _ = self._read_manifest()
+            self.feature_dim = manifest["feature_dim"] if manifest else None
+        return self.feature_dim
+
+    def _expected_manifest(self, feature_dim):
+        return {"format_version": FORMAT_VERSION, "key": self.key.fields(),
+                "feature_dim": feature_dim}
+
+    def _read_manifest(self):
+        """Returns (manifest or None, why the folder must not be used or None)."""
+        path = os.path.join(self.path, _MANIFEST)
+        if not os.path.exists(path):
+            return None, ("shards without a manifest" if self._shard_names()
+                          else None)
+        try:
+            with open(path) as f:
+                manifest = json.load(f)
+            dim = manifest["feature_dim"]
+            expected = self._expected_manifest(dim)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            return None, f"unreadable manifest ({e!r})"
+        if manifest != expected or not isinstance(dim, int) or dim < 1:
+            return None, (f"manifest {manifest} does not match the expected "
+                          f"{expected}")
+        return manifest, None
+
+    def _shard_names(self):
+        return sorted(n for n in os.listdir(self.path)
+                      if n.startswith("shard-") and n.endswith(".npz"))
+
+    def _clear(self):
+        for name in os.listdir(self.path):
+            if name != ".lock":
+                os.remove(os.path.join(self.path, name))
+        self._shard_ids.clear()
+
+    @contextlib.contextmanager
+    def lock(self):
+        """Holds an exclusive `fcntl.flock` on `<folder>/.lock`.
+
+        `extract_features` holds it for its whole run, so a second process on
+        the same folder waits, then finds the first one's shards and forwards
+        nothing. Re-entrant within one `FeatureCache`; a no-op where `fcntl`
+        is missing (Windows). Call `write_shard` directly only while holding
+        it: the lock holder deletes temporary files left by killed runs.
+        """
+        if self._lock_fd is not None or fcntl is None:
+            yield
+            return
+        os.makedirs(self.path, exist_ok=True)  # In case it was deleted since.
+        fd = os.open(os.path.join(self.path, ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                logging.info("Waiting for another process using the feature "
+                             "cache '%s'.", self.path)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            self._lock_fd = fd
+            yield
+        finally:
+            self._lock_fd = None
+            os.close(fd)  # Closing the descriptor releases the flock.
+
+    def _drop_shard(self, name, stat_key, error):
+        """Deletes a bad shard, unless it was replaced since it was read."""
+        logging.warning("Deleting the unreadable feature shard '%s' (%s); its "
+                        "examples will be recomputed.", name, error)
+        path = os.path.join(self.path, name)
+        with contextlib.suppress(OSError):
+            if _stat_key(path) == stat_key:
+                os.remove(path)
+        self._shard_ids.pop(name, None)
+
+    def _index(self, exclude=()):
+        """id -> shard name over the shards on disk; the newest shard wins."""
+        entries = []
+        for name in set(self._shard_names()) - set(exclude):
+            path = os.path.join(self.path, name)
+            try:
+                stat_key = _stat_key(path)
+            except OSError:  # Deleted by another process since the listing.
+                continue
+            cached = self._shard_ids.get(name)
+            if cached is None or cached[0] != stat_key:
+                try:
+                    with np.load(path) as data:
+                        ids = data["ids"]
+                except Exception as e:  # Any failure means: recompute it.
+                    self._drop_shard(name, stat_key, e)
+                    continue
+                self._shard_ids[name] = cached = (stat_key, ids)
+            entries.append((stat_key[2], name, cached[1]))
+        index = {}
+        for _, name, ids in sorted(entries):
+            index.update(dict.fromkeys(ids.tolist(), name))
+        return index
+
+    def _load_features(self, name):
+        """Returns (ids [n], features [n, D] key.dtype), or None if it is bad."""
+        path = os.path.join(self.path, name)
+        stat_key = self._shard_ids[name][0]
+        try:
+            with np.load(path) as data:
+                ids, features = data["ids"], data["features"]
+                checksum = str(data["checksum"])
+            if features.dtype != self.key.dtype or features.shape != (
+                    len(ids), self.feature_dim):
+                raise ValueError(f"features {features.dtype} {features.shape}")
+            if hashlib.sha256(features.tobytes()).hexdigest() != checksum:
+                raise ValueError("checksum mismatch")
+        except Exception as e:  # Any failure means: recompute it.
+            self._drop_shard(name, stat_key, e)
+            return None
+        return ids, features
+
+    def lookup(self, ids):
+        """Features of the cached examples among `ids`.
+
+        Args:
+          ids: Sequence of example ids (str).
+
+        Returns:
+          (features, found): float32 [n, D] with zero rows where not found
+          (None when nothing is found and D is not yet known), and bool [n].
+        """
+        ids = list(ids)
+        found = np.zeros(len(ids), bool)
+        if self._known_dim() is None:
+            return None, found
+        out = np.zeros((len(ids), self.feature_dim), np.float32)
+        bad = set()
+        while True:  # Again without bad shards, which older ones may back up.
+            num_bad, index, rows_by_shard = len(bad), self._index(bad), {}
+            for i, example in enumerate(ids):
+                if not found[i] and example in index:
+                    rows_by_shard.setdefault(index[example], []).append(i)
+            for name, rows in rows_by_shard.items():
+                loaded = self._load_features(name)
+                if loaded is None:
+                    bad.add(name)
+                    continue
+                position = {x: j for j, x in enumerate(loaded[0].tolist())}
+                rows = np.asarray(rows, np.intp)
+                source = np.fromiter((position[ids[i]] for i in rows), np.intp,
+                                     len(rows))
+                out[rows] = loaded[1][source]
+                found[rows] = True
+            if len(bad) == num_bad:
+                return out, found
+
+    def write_shard(self, ids, features):
+        """Stores one shard atomically (temporary file, then `os.replace`).
+
+        Args:
+          ids: Sequence of n example ids (str).
+          features: float [n, D]; stored as `key.dtype`.
+
+        Returns:
+          The shard's path.
+        """
+        ids = np.asarray([str(x) for x in ids], dtype=str)
+        features = np.asarray(features)
+        if features.ndim != 2 or features.shape[0] != len(ids) or not len(ids):
+            raise ValueError(
+                "Expected features of shape [len(ids), D] with len(ids) > 0. "
+                f"Received: len(ids)={len(ids)}, features.shape={features.shape}")
+        dim = int(features.shape[1])
+        if self._known_dim() is None:
+            write_json_atomic(os.path.join(self.path, _MANIFEST),
+                              self._expected_manifest(dim))
+            self.feature_dim = dim
+        elif dim != self.feature_dim:
+            raise ValueError(
+                f"The feature cache '{self.path}' holds {self.feature_dim}-dim "
+                f"features, so the model does not match the key {self.key}. "
+                f"Received: features.shape={features.shape}")
+        stored = np.ascontiguousarray(features, dtype=self.key.dtype)
+        checksum = hashlib.sha256(stored.tobytes()).hexdigest()
+        name = "shard-" + hashlib.sha256(
+            "\n".join(ids.tolist()).encode("utf-8")).hexdigest()[:16] + ".npz"
+        path = os.path.join(self.path, name)
+        fd, tmp = tempfile.mkstemp(dir=self.path, prefix=".tmp-", suffix=".npz")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, ids=ids, features=stored, checksum=np.array(checksum))
+            os.replace(tmp, path)
+        except BaseException:
+            _drop_files([tmp])
+            raise
+        return path
+
+    def remove_temporary_files(self):
+        """Deletes what killed writers left; only call while holding `lock`."""
+        _drop_files(os.path.join(self.path, name) for name in os.listdir(self.path)
+                    if name.startswith(".tmp-"))
+
+
+def extract_features(ids, make_dataset, model, cache, *, shard_size=512,
+                     progress=None):
+    """Features for `ids` (in that order), computing only the missing ones.
+
+    Holds `cache.lock()` throughout, so concurrent processes on one cache
+    folder take turns and never compute the same shard twice.
+
+    Args:
+      ids: list of unique example ids (str), e.g. from `example_id`.
+      make_dataset: `make_dataset(indices)` -> batched `tf.data.Dataset` of
+        dicts {"image": uint8 [B, S, S, 3], ...} yielding exactly the
+        examples `ids[i]` for i in `indices` (list of int), in that order.
+      model: Frozen backbone (a `keras.Model` or anything with
+        `predict_on_batch`), mapping images [B, S, S, 3] to float [B, D].
+      cache: A `FeatureCache`.
+      shard_size: New examples per shard; a killed run loses at most one.
+      progress: Optional `progress(done, total, images_per_sec)`, called after
+        each shard; `done` counts cached plus computed examples out of
+        `total = len(ids)`; the rate is over this call's computed examples.
+
+    Returns:
+      (features float32 [len(ids), D], `ExtractStats`). Computed features are
+      rounded through the storage dtype, so a later cache hit is identical.
+    """
+    start = time.perf_counter()
+    ids = [str(x) for x in ids]
+    if len(set(ids)) != len(ids):
+        counts = collections.Counter(ids)
+        duplicates = sorted(x for x, n in counts.items() if n > 1)
+        raise ValueError(f"ids must be unique. Received duplicates: {duplicates[:5]}")
+    if not isinstance(shard_size, int) or shard_size < 1:
+        raise ValueError(
+            f"shard_size must be a positive int. Received: shard_size={shard_size!r}")
+    with cache.lock():
+        cache.remove_temporary_files()
+        features, found = cache.lookup(ids)
+        missing = np.flatnonzero(~found).tolist()
+        written, pending, done = [], [], 0  # This call's shards; forwarded.
+        for batch in (make_dataset(missing) if missing else ()):
+            rows = missing[done:done + len(batch["image"])]
+            out = np.asarray(model.predict_on_batch(np.asarray(batch["image"])))
+            dim = out.shape[-1] if features is None else features.shape[1]
+            if out.shape != (len(batch["image"]), dim) or len(rows) < len(out):
+                # Unmatched rows may already pair ids with the wrong
+                # features in this call's shards: never leave those behind.
+                _drop_files(written)
+                raise ValueError(
+                    f"Expected model outputs [B, {dim}] for the {len(missing)} "
+                    f"examples asked of make_dataset. Received: shape="
+                    f"{out.shape} after {done} examples")
+            if features is None:
+                features = np.zeros((len(ids), dim), np.float32)
+            # Rounded like the stored copy, so hits and misses agree.
+            features[rows] = out.astype(cache.key.dtype)
+            done += len(rows)
+            pending.extend(rows)
+            while len(pending) >= shard_size or (pending and done == len(missing)):
+                shard, pending = pending[:shard_size], pending[shard_size:]
+                written.append(cache.write_shard([ids[i] for i in shard],
+                                                 features[shard]))
+                if progress is not None:
+                    elapsed = max(time.perf_counter() - start, 1e-9)
+                    progress(len(ids) - len(missing) + done, len(ids), done / elapsed)
+        if done != len(missing):
+            _drop_files(written)
+            raise ValueError(
+                f"make_dataset yielded {done} examples for {len(missing)} "
+                "indices (a file unreadable since the scan?), so features and "
+                "ids cannot be matched.")
+    if features is None:  # Only for ids == [] before anything was cached.
+        features = np.zeros((0, 0), np.float32)
+    stats = ExtractStats(len(ids), len(ids) - len(missing), done,
+                         time.perf_counter() - start)
+    return features, stats
