@@ -288,7 +288,7 @@ def run_training(config):
     head = head_lib.build_head(spec.feature_dim, len(data.class_names),
                                head_config(config))
     tensorboard = keras.callbacks.TensorBoard(
-        os.path.join(config.output_dir, "logs"))
+        os.path.join(config.output_dir, "logs"), write_graph=False)
     with Phase("head", timings=timings):
         head_history = head_lib.train_head(
             head, (train_x, train_y), (val_x, val_y), head_config(config),
