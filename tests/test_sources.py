@@ -51,9 +51,11 @@ def test_extensions_case_insensitive_spaces_hidden_and_nested(tmp_path):
     rel = sorted(f.relpath for f in folder.splits["all"])
     assert rel == ["a/UPPER.JPG", "a/nested/deep.png", "a/with space.jpeg",
                    "b/one.gif", "b/two.bmp"]
-    assert len(folder.skipped) == 1
-    assert folder.skipped[0].path.endswith("notes.txt")
-    assert "unsupported file extension '.txt'" in folder.skipped[0].reason
+    reasons = {os.path.basename(s.path): s.reason for s in folder.skipped}
+    assert set(reasons) == {"notes.txt", "Thumbs.db", ".DS_Store"}
+    assert "unsupported file extension '.txt'" in reasons["notes.txt"]
+    assert "operating-system metadata" in reasons["Thumbs.db"]
+    assert "operating-system metadata" in reasons[".DS_Store"]
 
 
 def test_symlink_loop_does_not_hang(tmp_path):

@@ -39,7 +39,8 @@ class PreparedFolder:
 
 
 def prepare_folder(data_dir, *, validation_split=0.2, seed=0, cache_dir=None,
-                   strict=False, max_pixels=scan_lib.DEFAULT_MAX_PIXELS):
+                   strict=False, max_pixels=scan_lib.DEFAULT_MAX_PIXELS,
+                   progress=None):
     """Lists, scans and splits an image folder.
 
     Args:
@@ -51,6 +52,7 @@ def prepare_folder(data_dir, *, validation_split=0.2, seed=0, cache_dir=None,
       cache_dir: Remembers scan verdicts; None disables that.
       strict: Fail on any bad file instead of skipping it.
       max_pixels: Decompression-bomb guard.
+      progress: Optional callable(done, total) during the scan.
 
     Returns:
       A `PreparedFolder`.
@@ -68,7 +70,8 @@ def prepare_folder(data_dir, *, validation_split=0.2, seed=0, cache_dir=None,
         train, validation = [], []
     entries = [e for files in folder.splits.values() for e in files]
     result = scan_lib.scan_files(entries, root=folder.root, cache_dir=cache_dir,
-                                 max_pixels=max_pixels, strict=strict)
+                                 max_pixels=max_pixels, strict=strict,
+                                 progress=progress)
     usable = set(e.path for e in result.usable)
     skipped = tuple(folder.skipped) + tuple(result.skipped)
     if strict and folder.skipped:

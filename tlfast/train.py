@@ -69,6 +69,10 @@ flags.DEFINE_integer("ram_budget_mb", _D.ram_budget_mb, "RAM for the decoded "
                      "pixel cache; beyond it the cache goes to disk.")
 flags.DEFINE_string("output_dir", None, "Where model.keras, labels.txt, "
                     "metrics.json, ... are written.")
+flags.DEFINE_integer("max_pixels", _D.max_pixels, "Images with more pixels "
+                     "are skipped (decompression-bomb guard).")
+flags.DEFINE_integer("feature_shard_size", _D.feature_shard_size, "Examples "
+                     "per feature-cache shard (the unit of resumption).")
 flags.DEFINE_integer("seed", _D.seed, "Seed for split, initialisation, "
                      "shuffling and augmentation.")
 flags.DEFINE_bool("strict", _D.strict, "Fail on any bad image instead of "

@@ -6,11 +6,14 @@ the global seed).
 """
 
 import csv
+import io
 import dataclasses
 import json
 import logging
 import os
 import platform
+import shutil
+import tempfile
 import time
 
 import keras
@@ -24,6 +27,7 @@ from tlfast import model as model_lib
 from tlfast import prepare
 from tlfast.data import augment as augment_lib
 from tlfast.data import pipeline
+from tlfast.data import scan as scan_lib
 from tlfast.data import split as split_lib
 from tlfast.progress import EpochLogger
 from tlfast.progress import Phase
@@ -65,6 +69,8 @@ class TrainConfig:
     cache_dir: str = DEFAULT_CACHE_DIR
     ram_budget_mb: int = 2048
     feature_dtype: str = "float16"
+    feature_shard_size: int = 512
+    max_pixels: int = scan_lib.DEFAULT_MAX_PIXELS
     seed: int = 0
     strict: bool = False
 
@@ -127,14 +133,42 @@ def check_config(config):
 
 
 def _check_writable(path):
+    """Creates `path` and proves it writable by writing a file there.
+
+    A real write, not `os.access`: root passes permission checks, and a
+    read-only mount or a full disk only shows on an actual write.
+    """
     try:
         os.makedirs(path, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".tlfast-probe-"):
+            pass
     except OSError as e:
-        raise OSError(f"Cannot create folder '{path}': {e.strerror or e}. "
-                      "Pass a writable path.") from e
-    if not os.access(path, os.W_OK):
-        raise PermissionError(f"Folder '{path}' is not writable. Pass a "
-                              "writable path.")
+        raise OSError(
+            f"Folder '{path}' is not writable: {e.strerror or e}. Pass a "
+            "writable path (--output_dir / --cache_dir).") from e
+
+
+def estimate_cache_bytes(data, spec, size, config):
+    """Disk the feature cache (and a spilled pixel cache) may need."""
+    itemsize = 2 if config.feature_dtype == "float16" else 4
+    examples = len(data.train) * (config.augment_views + 1) + len(data.validation)
+    needed = examples * spec.feature_dim * itemsize
+    if config.fine_tune_epochs:
+        pixels = (len(data.train) + len(data.validation)) * size * size * 3
+        if pixels > config.ram_budget_mb * 2**20:
+            needed += pixels
+    return needed
+
+
+def check_free_space(path, needed_bytes):
+    """Fails up front when `path`'s file system cannot hold `needed_bytes`."""
+    free = shutil.disk_usage(path).free
+    if free < needed_bytes:
+        raise OSError(
+            f"Not enough free disk space in '{path}': about "
+            f"{needed_bytes / 2**20:.0f} MiB needed for the caches, "
+            f"{free / 2**20:.0f} MiB free. Free some space or pass another "
+            "--cache_dir.")
 
 
 def head_config(config):
@@ -161,6 +195,7 @@ def _extract(entries, feature_model, key, config, phase):
         phase.update(offset + done)
 
     return features_lib.extract_features(ids, make_dataset, feature_model, cache,
+                                         shard_size=config.feature_shard_size,
                                          progress=progress)
 
 
@@ -240,15 +275,23 @@ def _write_history(path, stages):
                          **{k: float(v[epoch]) for k, v in history.items()}})
     fields = ["stage", "epoch"] + sorted({k for r in rows for k in r} -
                                          {"stage", "epoch"})
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fields)
-        writer.writeheader()
-        writer.writerows(rows)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    _write_text(path, buffer.getvalue())
 
 
 def _write_json(path, obj):
-    with open(path, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True, default=str)
+    _write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str))
+
+
+def _write_text(path, text):
+    """Atomic write: a reader never sees a half-written file."""
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-")
+    with os.fdopen(fd, "w", newline="") as f:
+        f.write(text)
+    os.replace(tmp, path)
 
 
 def run_training(config):
@@ -266,14 +309,17 @@ def run_training(config):
     spec, size, canonical = check_config(config)
     if not config.data_dir:
         raise NotImplementedError("TFDS sources are handled by tlfast.train.")
-    with Phase("scan", timings=timings):
+    with Phase("scan", timings=timings) as phase:
         data = prepare.prepare_folder(
             config.data_dir, validation_split=config.validation_split,
             seed=config.seed, cache_dir=os.path.expanduser(config.cache_dir),
-            strict=config.strict)
+            strict=config.strict, max_pixels=config.max_pixels,
+            progress=lambda done, total: phase.update(done, total))
     prepare.log_skipped(data.skipped)
     log.info("%d classes, %d training and %d validation images",
              len(data.class_names), len(data.train), len(data.validation))
+    check_free_space(os.path.expanduser(config.cache_dir),
+                     estimate_cache_bytes(data, spec, size, config))
     split_lib.write_split(os.path.join(config.output_dir, "split.csv"),
                           {"train": data.train, "validation": data.validation},
                           data.class_names)
@@ -304,9 +350,12 @@ def run_training(config):
             [tensorboard])))
         val_accuracy = float(stages[-1][1]["val_accuracy"][-1])
     with Phase("save", timings=timings):
-        classifier.save(os.path.join(config.output_dir, "model.keras"))
-        with open(os.path.join(config.output_dir, "labels.txt"), "w") as f:
-            f.write("\n".join(data.class_names) + "\n")
+        # Saved beside, then renamed: a kill never leaves a torn model.keras.
+        tmp_model = os.path.join(config.output_dir, ".tmp-model.keras")
+        classifier.save(tmp_model)
+        os.replace(tmp_model, os.path.join(config.output_dir, "model.keras"))
+        _write_text(os.path.join(config.output_dir, "labels.txt"),
+                    "\n".join(data.class_names) + "\n")
         _write_history(os.path.join(config.output_dir, "history.csv"), stages)
     timings["total"] = round(time.perf_counter() - start, 3)
     metrics = {

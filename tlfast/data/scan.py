@@ -14,6 +14,7 @@ import json
 import os
 import struct
 import tempfile
+import time
 
 import numpy as np
 import tensorflow as tf
@@ -26,6 +27,8 @@ DEFAULT_MAX_PIXELS = 89_478_485
 SCAN_CACHE_VERSION = 1
 # Below this a "photo" carries no usable content (tracking pixels, icons).
 MIN_SIDE = 8
+# How often a long scan saves its verdicts, so that a killed scan resumes.
+CHECKPOINT_SECONDS = 5.0
 PLACEHOLDER_MAX_COLOURS = 64
 
 
@@ -215,7 +218,8 @@ def write_json_atomic(path, obj):
 
 
 def scan_files(entries, *, root=None, cache_dir=None, max_pixels=DEFAULT_MAX_PIXELS,
-               skip_placeholders=True, strict=False, num_workers=None):
+               skip_placeholders=True, strict=False, num_workers=None,
+               progress=None):
     """Checks every file by decoding it, in parallel.
 
     Args:
@@ -228,6 +232,7 @@ def scan_files(entries, *, root=None, cache_dir=None, max_pixels=DEFAULT_MAX_PIX
         skipping them.
       num_workers: Decoding threads; default twice the CPU count (TF ops
         release the GIL while decoding).
+      progress: Optional callable(done, total) over the files not cached.
 
     Returns:
       A `ScanResult`.
@@ -251,13 +256,10 @@ def scan_files(entries, *, root=None, cache_dir=None, max_pixels=DEFAULT_MAX_PIX
             todo.append(entry.path)
     cached = len(entries) - len(todo)
     workers = num_workers or 2 * (os.cpu_count() or 1)
-    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-        for path, (reason, _) in zip(
-                todo, pool.map(lambda p: check_image(p, max_pixels, skip_placeholders), todo)):
-            verdicts[path] = reason
-    if cache_path and todo:
-        files = {p: {"stat": stats[p], "reason": verdicts[p],
-                     "options": options} for p in stats}
+
+    def save():
+        files = {p: {"stat": stats[p], "reason": verdicts[p], "options": options}
+                 for p in stats if p in verdicts}
         # Keep verdicts of files outside this listing (e.g. other splits).
         merged = {k: v for k, v in known.items() if k not in files}
         merged.update(files)
@@ -268,6 +270,21 @@ def scan_files(entries, *, root=None, cache_dir=None, max_pixels=DEFAULT_MAX_PIX
             raise OSError(
                 f"Cannot write the scan cache '{cache_path}': {e}. Pass a "
                 "writable cache_dir (or --cache_dir).") from e
+
+    last_save = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        results = pool.map(
+            lambda p: check_image(p, max_pixels, skip_placeholders), todo)
+        for done, (path, (reason, _)) in enumerate(zip(todo, results), 1):
+            verdicts[path] = reason
+            if progress and (done % 256 == 0 or done == len(todo)):
+                progress(done, len(todo))
+            # Checkpoint now and then: a killed scan keeps what it checked.
+            if cache_path and time.monotonic() - last_save > CHECKPOINT_SECONDS:
+                save()
+                last_save = time.monotonic()
+    if cache_path and todo:
+        save()
     usable, skipped = [], []
     for entry in entries:
         reason = verdicts[entry.path]

@@ -16,8 +16,9 @@ from pathlib import Path
 # What `tf.io.decode_image` can decode. Matched on the lower-cased suffix; the
 # scan then checks the header, so a PNG named `.jpg` still works.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
-# Operating-system droppings that are never worth a "skipped" line.
-IGNORED_FILES = frozenset({"thumbs.db", "desktop.ini", "icon\r"})
+# Operating-system droppings: reported as skipped (so a user who counts files
+# sees where each went), never decoded. Other hidden files are ignored.
+OS_METADATA_FILES = frozenset({"thumbs.db", "desktop.ini", ".ds_store", "icon\r"})
 TRAIN_NAMES = ("train", "training")
 VALIDATION_NAMES = ("validation", "val", "valid")
 TEST_NAMES = ("test",)
@@ -91,9 +92,13 @@ def _list_class_files(root, split_dir, class_name, label, skipped):
     for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=False):
         dirnames[:] = sorted(d for d in dirnames if not _is_hidden(d))
         for name in sorted(filenames):
-            if _is_hidden(name) or name.lower() in IGNORED_FILES:
-                continue
             path = os.path.join(dirpath, name)
+            if name.lower() in OS_METADATA_FILES:
+                skipped.append(Skipped(path, "operating-system metadata file, "
+                                       "not an image"))
+                continue
+            if _is_hidden(name):
+                continue
             if os.path.splitext(name)[1].lower() not in IMAGE_EXTENSIONS:
                 ext = os.path.splitext(name)[1] or name
                 skipped.append(Skipped(
