@@ -19,6 +19,13 @@ from tlfast import training
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def _run(config):
+    # weights=None backbones are keyed by their initial weights: the same
+    # seed before each run gives the same random backbone (a cache hit).
+    keras.utils.set_random_seed(0)
+    return training.run_training(config)
+
+
 @pytest.fixture
 def tiny_config(tmp_path, flat_folder):
     register_tiny_backbone()
@@ -30,7 +37,7 @@ def tiny_config(tmp_path, flat_folder):
 
 
 def test_outputs_and_metrics(tiny_config):
-    metrics = training.run_training(tiny_config)
+    metrics = _run(tiny_config)
     out = tiny_config.output_dir
     for name in ("model.keras", "labels.txt", "history.csv", "run.json",
                  "metrics.json", "split.csv"):
@@ -54,7 +61,7 @@ def test_outputs_and_metrics(tiny_config):
 
 
 def test_saved_model_takes_uint8_and_matches_head(tiny_config):
-    metrics = training.run_training(tiny_config)
+    metrics = _run(tiny_config)
     model = keras.models.load_model(
         os.path.join(tiny_config.output_dir, "model.keras"))
     assert model.input.dtype == "uint8"
@@ -68,8 +75,8 @@ def test_saved_model_takes_uint8_and_matches_head(tiny_config):
 
 
 def test_rerun_is_a_cache_hit_and_new_files_forward_only_themselves(tiny_config):
-    training.run_training(tiny_config)
-    again = training.run_training(tiny_config)
+    _run(tiny_config)
+    again = _run(tiny_config)
     assert again["feature_cache"] == "hit"
     assert again["backbone_images_forwarded"] == 0
     make_folder(tiny_config.data_dir + "/new", {}, size=(24, 32))
@@ -78,7 +85,7 @@ def test_rerun_is_a_cache_hit_and_new_files_forward_only_themselves(tiny_config)
     for i in range(3):
         write_image(os.path.join(tiny_config.data_dir, "cats", f"added_{i}.jpg"),
                     noise_image(tint=0, seed=500 + i))
-    grown = training.run_training(tiny_config)
+    grown = _run(tiny_config)
     assert grown["feature_cache"] == "partial"
     assert grown["backbone_images_forwarded"] == 3
 
@@ -87,34 +94,34 @@ def test_rerun_is_a_cache_hit_and_new_files_forward_only_themselves(tiny_config)
     {"image_size": 40}, {"resize": "pad"}, {"backbone": "other"},
 ])
 def test_key_changes_force_recomputation(tiny_config, change):
-    training.run_training(tiny_config)
+    _run(tiny_config)
     if change.get("backbone") == "other":
         spec = backbones.get_backbone_spec("tiny_test")
         from test_backbones import build_tiny
 
         backbones.register_backbone(dataclasses.replace(spec, name="other"),
                                     builder=build_tiny, overwrite=True)
-    changed = training.run_training(dataclasses.replace(tiny_config, **change))
+    changed = _run(dataclasses.replace(tiny_config, **change))
     assert changed["feature_cache"] == "miss"
     assert changed["backbone_images_forwarded"] == 24
 
 
 def test_weights_file_change_forces_recomputation(tiny_config, tmp_path):
-    first = training.run_training(tiny_config)
+    first = _run(tiny_config)
     model = backbones.create_backbone("tiny_test", weights=None, image_size=32)
     path = str(tmp_path / "tiny.weights.h5")
     backbones.get_inner_model(model).save_weights(path)
     with_file = dataclasses.replace(tiny_config, weights=path)
-    assert training.run_training(with_file)["feature_cache"] == "miss"
-    assert training.run_training(with_file)["feature_cache"] == "hit"
+    assert _run(with_file)["feature_cache"] == "miss"
+    assert _run(with_file)["feature_cache"] == "hit"
     assert first["feature_cache"] == "miss"
 
 
 def test_precision_is_part_of_the_key(tiny_config):
-    training.run_training(tiny_config)
+    _run(tiny_config)
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
     try:
-        metrics = training.run_training(tiny_config)
+        metrics = _run(tiny_config)
         model = keras.models.load_model(
             os.path.join(tiny_config.output_dir, "model.keras"))
         out = model(np.zeros((1, 32, 32, 3), "uint8"))
@@ -126,10 +133,10 @@ def test_precision_is_part_of_the_key(tiny_config):
 
 def test_augmented_views_are_cached_separately(tiny_config):
     config = dataclasses.replace(tiny_config, augment_views=2, augment="strong")
-    metrics = training.run_training(config)
+    metrics = _run(config)
     n_train = metrics["num_train"]
     assert metrics["backbone_images_forwarded"] == 3 * n_train + metrics["num_val"]
-    assert training.run_training(config)["feature_cache"] == "hit"
+    assert _run(config)["feature_cache"] == "hit"
 
 
 def _inner_weights(model):
@@ -145,7 +152,7 @@ def test_fine_tuning_changes_only_the_top_block_and_keeps_bn_stats(tiny_config):
     keras.utils.set_random_seed(0)
     before = _inner_weights(backbones.create_backbone("tiny_test", None, 32))
     keras.utils.set_random_seed(0)
-    metrics = training.run_training(config)
+    metrics = _run(config)
     model = keras.models.load_model(os.path.join(config.output_dir, "model.keras"))
     inner = [l for l in model.layers if l.name == "tiny_test_inner"][0]
     after = {w.path: np.array(w) for w in inner.weights}
@@ -169,7 +176,7 @@ def test_fine_tuning_changes_only_the_top_block_and_keeps_bn_stats(tiny_config):
 ])
 def test_bad_settings_fail_before_heavy_work(tiny_config, change, match):
     with pytest.raises((ValueError, OSError), match=match):
-        training.run_training(dataclasses.replace(tiny_config, **change))
+        _run(dataclasses.replace(tiny_config, **change))
     assert not os.path.exists(os.path.join(tiny_config.output_dir, "metrics.json"))
 
 
@@ -219,12 +226,12 @@ def test_hymenoptera_with_real_weights_beats_the_linear_probe(tmp_path):
     config = training.TrainConfig(
         data_dir=str(data), backbone="mobilenet_025", weights=str(weights),
         output_dir=str(tmp_path / "out"), cache_dir=str(tmp_path / "cache"))
-    metrics = training.run_training(config)
+    metrics = _run(config)
     assert metrics["val_accuracy"] >= 0.86  # Acceptance run: >= 0.88.
     assert [s["path"].rsplit("/", 1)[-1] for s in metrics["skipped"]] == [
         "imageNotFound.gif"]
     assert metrics["num_train"] == 244 and metrics["num_val"] == 153
-    again = training.run_training(config)
+    again = _run(config)
     assert again["feature_cache"] == "hit"
     assert again["backbone_images_forwarded"] == 0
     assert again["val_accuracy"] == pytest.approx(metrics["val_accuracy"], abs=0.02)

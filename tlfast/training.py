@@ -6,6 +6,7 @@ the global seed).
 """
 
 import csv
+import hashlib
 import io
 import dataclasses
 import json
@@ -202,7 +203,7 @@ def _extract(entries, feature_model, key, config, phase):
 def extract_all(data, backbone_model, spec, size, canonical, config, timings):
     """Features for every training view and for validation."""
     base = dict(backbone=spec.name,
-                weights=backbones.weights_identity(config.weights),
+                weights=weights_fingerprint(config.weights, backbone_model),
                 image_size=size, resize=config.resize,
                 preprocessing=spec.preprocessing,
                 precision=keras.mixed_precision.global_policy().name,
@@ -236,6 +237,23 @@ def extract_all(data, backbone_model, spec, size, canonical, config, timings):
     val_features, train_views = results[0], results[1:]
     digests = [key.digest() for _, key, _ in jobs]
     return val_features, train_views, status, forwarded, stats, digests
+
+
+def weights_fingerprint(weights, backbone_model):
+    """The weights part of the feature-cache key.
+
+    "imagenet" and files have a stable identity of their own. Random
+    initialisation does not: its identity is a hash of the initial weights
+    themselves, so features from one random backbone are never served to
+    another (same seed, same weights, same key).
+    """
+    identity = backbones.weights_identity(weights)
+    if identity != "none":
+        return identity
+    digest = hashlib.sha256()
+    for weight in backbone_model.weights:
+        digest.update(np.ascontiguousarray(np.asarray(weight)).tobytes())
+    return "random:" + digest.hexdigest()[:16]
 
 
 def _labels(entries):
@@ -378,7 +396,8 @@ def run_training(config):
         "resolved": {"backbone": spec.name, "image_size": size,
                      "augment": canonical,
                      "precision": keras.mixed_precision.global_policy().name,
-                     "weights_identity": backbones.weights_identity(config.weights)},
+                     "weights_identity": digests and weights_fingerprint(
+                         config.weights, backbone_model)},
         "versions": {"tensorflow": tf.__version__, "keras": keras.__version__,
                      "python": platform.python_version(),
                      "backend": keras.backend.backend()},
