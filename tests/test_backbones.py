@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from keras.src.utils import file_utils
 
+from conftest import assets_path
 from tlfast import backbones as bb
 
 ASSETS = Path(__file__).resolve().parents[2] / "shared" / "assets"
@@ -412,3 +413,36 @@ def test_every_backbone_at_default_size(name):
     assert tuple(model.input.shape) == (None, spec.default_size, spec.default_size, 3)
     features = model(images(spec.default_size, batch=1))
     assert tuple(features.shape) == (1, spec.feature_dim)
+
+
+def _hymenoptera_features(weights, size=160):
+    """Pooled features of hymenoptera's train and val images (real photos)."""
+    from tlfast.data import pipeline
+    from tlfast.prepare import prepare_folder
+
+    data = prepare_folder(assets_path("datasets", "hymenoptera"))
+    model = bb.create_backbone("mobilenet_025", weights=weights, image_size=size)
+    out = []
+    for entries in (data.train, data.validation):
+        ds = pipeline.files_dataset(entries, size, "crop").batch(64)
+        feats = np.concatenate([model.predict_on_batch(b["image"]) for b in ds])
+        out.append((feats, np.array([e.label for e in entries])))
+    return out
+
+
+def _nearest_centroid_accuracy(train, val):
+    (x, y), (vx, vy) = train, val
+    norm = lambda a: a / (np.linalg.norm(a, axis=1, keepdims=True) + 1e-8)
+    x, vx = norm(x), norm(vx)
+    centroids = np.stack([x[y == c].mean(0) for c in np.unique(y)])
+    return float(((vx @ centroids.T).argmax(1) == vy).mean())
+
+
+@pytest.mark.assets
+def test_imagenet_features_separate_ants_from_bees():
+    weights = assets_path("weights", "mobilenet_v1_0.25_224_no_top.weights.h5")
+    keras.utils.set_random_seed(0)
+    pretrained = _nearest_centroid_accuracy(*_hymenoptera_features(str(weights)))
+    random = _nearest_centroid_accuracy(*_hymenoptera_features(None))
+    assert pretrained >= 0.75, pretrained
+    assert pretrained - random >= 0.15, (pretrained, random)
