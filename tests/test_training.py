@@ -235,3 +235,22 @@ def test_hymenoptera_with_real_weights_beats_the_linear_probe(tmp_path):
     assert again["feature_cache"] == "hit"
     assert again["backbone_images_forwarded"] == 0
     assert again["val_accuracy"] == pytest.approx(metrics["val_accuracy"], abs=0.02)
+
+
+def test_tfds_source_trains_through_the_same_pipeline(tmp_path):
+    import tensorflow_datasets as tfds
+
+    register_tiny_backbone()
+    config = training.TrainConfig(
+        tfds_name="tf_flowers", output_dir=str(tmp_path / "out"),
+        cache_dir=str(tmp_path / "cache"), backbone="tiny_test", weights=None,
+        image_size=32, epochs=2, batch_size=8, fine_tune_epochs=1)
+    with tfds.testing.mock_data(num_examples=24):
+        metrics = _run(config)
+        again = _run(config)
+    assert metrics["num_classes"] == 5
+    assert metrics["num_train"] > 0 and metrics["num_val"] > 0
+    assert metrics["feature_cache"] == "miss"
+    assert again["feature_cache"] == "hit"
+    run = json.load(open(tmp_path / "out" / "run.json"))
+    assert run["split"]["tfds_splits"] == ["train[:80%]", "train[80%:]"]

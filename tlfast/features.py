@@ -381,7 +381,9 @@ def extract_features(ids, make_dataset, model, cache, *, shard_size=512,
       ids: list of unique example ids (str), e.g. from `example_id`.
       make_dataset: `make_dataset(indices)` -> batched `tf.data.Dataset` of
         dicts {"image": uint8 [B, S, S, 3], ...} yielding exactly the
-        examples `ids[i]` for i in `indices` (list of int), in that order.
+        examples `ids[i]` for i in `indices` (list of int), in that order;
+        or, with an "index" entry (int [B], positions in `ids`), any subset
+        of them in any order.
       model: Frozen backbone (a `keras.Model` or anything with
         `predict_on_batch`), mapping images [B, S, S, 3] to float [B, D].
       cache: A `FeatureCache`.
@@ -409,7 +411,12 @@ def extract_features(ids, make_dataset, model, cache, *, shard_size=512,
         missing = np.flatnonzero(~found).tolist()
         written, pending, done = [], [], 0  # This call's shards; forwarded.
         for batch in (make_dataset(missing) if missing else ()):
-            rows = missing[done:done + len(batch["image"])]
+            if "index" in batch:
+                # Indexed elements stay matched to their ids even when the
+                # pipeline drops an example (a file broken since the scan).
+                rows = [int(i) for i in np.asarray(batch["index"])]
+            else:
+                rows = missing[done:done + len(batch["image"])]
             out = np.asarray(model.predict_on_batch(np.asarray(batch["image"])))
             dim = out.shape[-1] if features is None else features.shape[1]
             if out.shape != (len(batch["image"]), dim) or len(rows) < len(out):

@@ -101,12 +101,7 @@ def main(argv):
         policy = precision.resolve_precision(FLAGS.precision)
         keras.mixed_precision.set_global_policy(policy)
         keras.utils.set_random_seed(config.seed)
-        if config.tfds_name:
-            from tlfast import tfds_training
-
-            metrics = tfds_training.run_tfds_training(config)
-        else:
-            metrics = training.run_training(config)
+        metrics = training.run_training(config)
     except (ValueError, OSError, RuntimeError) as e:
         # One clear line (the message already says what and how to fix).
         print(f"tlfast-train: error: {e}", file=sys.stderr)

@@ -27,6 +27,8 @@ from tlfast import head as head_lib
 from tlfast import model as model_lib
 from tlfast import prepare
 from tlfast.data import augment as augment_lib
+from tlfast.data import examples as examples_lib
+from tlfast.data import sources
 from tlfast.data import pipeline
 from tlfast.data import scan as scan_lib
 from tlfast.data import split as split_lib
@@ -85,6 +87,9 @@ def check_config(config):
     if not config.output_dir:
         raise ValueError("output_dir is required: where the model, labels and "
                          "reports go. Received: output_dir=None")
+    if not config.data_dir and not config.tfds_name:
+        raise ValueError("Pass data_dir (a folder of class sub-folders) or "
+                         "tfds_name (e.g. tf_flowers). Received neither.")
     if config.data_dir and config.tfds_name:
         raise ValueError(
             "Pass either data_dir or tfds_name, not both. Received: "
@@ -180,27 +185,23 @@ def head_config(config):
         label_smoothing=config.label_smoothing, seed=config.seed)
 
 
-def _extract(entries, feature_model, key, config, phase):
-    """Cached features of `entries` for one view."""
+def _extract(examples, feature_model, key, config, phase):
+    """Cached features of `examples` (see `tlfast.data.examples`), one view."""
     cache = features_lib.FeatureCache(os.path.expanduser(config.cache_dir), key)
-    ids = [features_lib.example_id(e) for e in entries]
-
-    def make_dataset(indices):
-        subset = [entries[i] for i in indices]
-        ds = pipeline.files_dataset(subset, key.image_size, key.resize)
-        return ds.batch(config.batch_size).prefetch(tf.data.AUTOTUNE)
-
     offset = phase.done
 
     def progress(done, total, rate):
         phase.update(offset + done)
 
-    return features_lib.extract_features(ids, make_dataset, feature_model, cache,
+    return features_lib.extract_features(
+        examples.ids, lambda indices: examples.batched(indices, config.batch_size),
+        feature_model, cache,
                                          shard_size=config.feature_shard_size,
                                          progress=progress)
 
 
-def extract_all(data, backbone_model, spec, size, canonical, config, timings):
+def extract_all(train, validation, backbone_model, spec, size, canonical, config,
+                timings):
     """Features for every training view and for validation."""
     base = dict(backbone=spec.name,
                 weights=weights_fingerprint(config.weights, backbone_model),
@@ -208,7 +209,7 @@ def extract_all(data, backbone_model, spec, size, canonical, config, timings):
                 preprocessing=spec.preprocessing,
                 precision=keras.mixed_precision.global_policy().name,
                 dtype=config.feature_dtype)
-    jobs = [(data.validation, features_lib.FeatureKey(**base), None)]
+    jobs = [(validation, features_lib.FeatureKey(**base), None)]
     for view in range(config.augment_views + 1):
         augmentation = None
         if view:
@@ -217,7 +218,7 @@ def extract_all(data, backbone_model, spec, size, canonical, config, timings):
         key = features_lib.FeatureKey(**base, view=view,
                                       augment=canonical if view else "",
                                       seed=config.seed if view else 0)
-        jobs.append((data.train, key, augmentation))
+        jobs.append((train, key, augmentation))
     total = sum(len(entries) for entries, _, _ in jobs)
     results, stats = [], []
     with Phase("extract", total=total, timings=timings) as phase:
@@ -256,12 +257,8 @@ def weights_fingerprint(weights, backbone_model):
     return "random:" + digest.hexdigest()[:16]
 
 
-def _labels(entries):
-    return np.array([e.label for e in entries], np.int32)
-
-
-def fine_tune(classifier, backbone_model, spec, data, size, config, timings,
-              callbacks):
+def fine_tune(classifier, backbone_model, spec, train, validation, size, config,
+              timings, callbacks):
     """Trains the top blocks end to end on the uint8 pixel pipeline."""
     trainable = backbones.unfreeze_top_blocks(backbone_model, spec,
                                               config.fine_tune_blocks)
@@ -273,14 +270,12 @@ def fine_tune(classifier, backbone_model, spec, data, size, config, timings,
         image_size=size, batch_size=config.batch_size, resize=config.resize,
         ram_budget_mb=config.ram_budget_mb,
         cache_dir=os.path.expanduser(config.cache_dir), seed=config.seed)
-    train_ds = pipeline.to_supervised(pipeline.image_folder_dataset(
-        data.train, pconfig, training=True))
-    val_ds = pipeline.to_supervised(pipeline.image_folder_dataset(
-        data.validation, pconfig, training=False))
+    train_ds = pipeline.to_supervised(train.pixels(pconfig, training=True))
+    val_ds = pipeline.to_supervised(validation.pixels(pconfig, training=False))
     with Phase("fine_tune", timings=timings):
         history = classifier.fit(
             train_ds, validation_data=val_ds, epochs=config.fine_tune_epochs,
-            verbose=0, callbacks=[EpochLogger("fine_tune", len(data.train)),
+            verbose=0, callbacks=[EpochLogger("fine_tune", len(train)),
                                   *callbacks])
     return history.history
 
@@ -312,6 +307,62 @@ def _write_text(path, text):
     os.replace(tmp, path)
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainingData:
+    """The two example sets of a run and what is known about them."""
+
+    class_names: tuple
+    train: object  # `tlfast.data.examples.FileExamples` or `TfdsExamples`.
+    validation: object
+    skipped: tuple = ()
+    presplit: bool = False
+    scan_cached: int = 0
+    split_file: str = None
+    tfds_splits: tuple = None
+
+
+def load_data(config, size, timings):
+    """Scans and splits a folder, or opens a TFDS dataset's splits."""
+    if config.tfds_name:
+        return load_tfds_data(config, size, timings)
+    with Phase("scan", timings=timings) as phase:
+        data = prepare.prepare_folder(
+            config.data_dir, validation_split=config.validation_split,
+            seed=config.seed, cache_dir=os.path.expanduser(config.cache_dir),
+            strict=config.strict, max_pixels=config.max_pixels,
+            progress=lambda done, total: phase.update(done, total))
+    prepare.log_skipped(data.skipped)
+    split_lib.write_split(os.path.join(config.output_dir, "split.csv"),
+                          {"train": data.train, "validation": data.validation},
+                          data.class_names)
+    return TrainingData(
+        data.class_names,
+        examples_lib.FileExamples(data.train, size, config.resize),
+        examples_lib.FileExamples(data.validation, size, config.resize),
+        data.skipped, data.presplit, data.scan_cached, "split.csv")
+
+
+def load_tfds_data(config, size, timings):
+    """Train and validation splits of `config.tfds_name`.
+
+    Uses the dataset's own validation split when it has one, else the last
+    `validation_split` of "train" (TFDS slicing is deterministic).
+    """
+    with Phase("tfds", timings=timings):
+        builder = sources.tfds_builder(config.tfds_name, config.tfds_data_dir)
+        if "validation" in builder.info.splits:
+            splits = ("train", "validation")
+        else:
+            cut = round(100 * (1 - config.validation_split))
+            splits = (f"train[:{cut}%]", f"train[{cut}%:]")
+        train, validation = (
+            examples_lib.TfdsExamples(config.tfds_name, split,
+                                      config.tfds_data_dir, size, config.resize,
+                                      download=False)
+            for split in splits)
+    return TrainingData(train.class_names, train, validation, tfds_splits=splits)
+
+
 def run_training(config):
     """Runs the whole job; see the module docstring.
 
@@ -325,30 +376,20 @@ def run_training(config):
     start = time.perf_counter()
     timings = {}
     spec, size, canonical = check_config(config)
-    if not config.data_dir:
-        raise NotImplementedError("TFDS sources are handled by tlfast.train.")
-    with Phase("scan", timings=timings) as phase:
-        data = prepare.prepare_folder(
-            config.data_dir, validation_split=config.validation_split,
-            seed=config.seed, cache_dir=os.path.expanduser(config.cache_dir),
-            strict=config.strict, max_pixels=config.max_pixels,
-            progress=lambda done, total: phase.update(done, total))
-    prepare.log_skipped(data.skipped)
+    data = load_data(config, size, timings)
+    train, validation = data.train, data.validation
     log.info("%d classes, %d training and %d validation images",
-             len(data.class_names), len(data.train), len(data.validation))
+             len(data.class_names), len(train), len(validation))
     check_free_space(os.path.expanduser(config.cache_dir),
                      estimate_cache_bytes(data, spec, size, config))
-    split_lib.write_split(os.path.join(config.output_dir, "split.csv"),
-                          {"train": data.train, "validation": data.validation},
-                          data.class_names)
     with Phase("backbone", timings=timings):
         backbone_model = backbones.create_backbone(spec.name, config.weights,
                                                    size)
     val_x, train_views, cache_status, forwarded, stats, digests = extract_all(
-        data, backbone_model, spec, size, canonical, config, timings)
+        train, validation, backbone_model, spec, size, canonical, config, timings)
     train_x = np.concatenate(train_views)
-    train_y = np.tile(_labels(data.train), len(train_views))
-    val_y = _labels(data.validation)
+    train_y = np.tile(train.labels, len(train_views))
+    val_y = validation.labels
     head = head_lib.build_head(spec.feature_dim, len(data.class_names),
                                head_config(config))
     tensorboard = keras.callbacks.TensorBoard(
@@ -364,8 +405,8 @@ def run_training(config):
     classifier = model_lib.build_classifier(backbone_model, head, augmentation)
     if config.fine_tune_epochs:
         stages.append(("fine_tune", fine_tune(
-            classifier, backbone_model, spec, data, size, config, timings,
-            [tensorboard])))
+            classifier, backbone_model, spec, train, validation, size, config,
+            timings, [tensorboard])))
         val_accuracy = float(stages[-1][1]["val_accuracy"][-1])
     with Phase("save", timings=timings):
         # Saved beside, then renamed: a kill never leaves a torn model.keras.
@@ -378,8 +419,8 @@ def run_training(config):
     timings["total"] = round(time.perf_counter() - start, 3)
     metrics = {
         "val_accuracy": val_accuracy,
-        "num_train": len(data.train),
-        "num_val": len(data.validation),
+        "num_train": len(train),
+        "num_val": len(validation),
         "num_classes": len(data.class_names),
         "class_names": list(data.class_names),
         "skipped": [{"path": s.path, "reason": s.reason} for s in data.skipped],
@@ -402,8 +443,9 @@ def run_training(config):
                      "python": platform.python_version(),
                      "backend": keras.backend.backend()},
         "seed": config.seed,
-        "split": {"file": "split.csv", "presplit": data.presplit,
-                  "validation_split": config.validation_split},
+        "split": {"file": data.split_file, "presplit": data.presplit,
+                  "validation_split": config.validation_split,
+                  "tfds_splits": data.tfds_splits},
         "cache_keys": {"features": digests},
     })
     log.info("val_accuracy=%.4f  feature_cache=%s  forwarded=%d  total=%.1fs",

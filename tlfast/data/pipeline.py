@@ -117,26 +117,33 @@ def decode_image(data, image_size, mode="resize"):
     return resize_image(image, image_size, mode)
 
 
-def files_dataset(entries, image_size, resize="resize"):
+def files_dataset(entries, image_size, resize="resize", indices=None):
     """Decoded, unbatched, uncached elements for a list of files.
 
     Args:
       entries: `FileEntry`s that passed the scan.
       image_size: Output side.
       resize: One of `RESIZE_MODES`.
+      indices: Optional int per entry, passed through as "index" so that
+        consumers can match outputs to inputs even if an element is dropped.
 
     Returns:
-      A `tf.data.Dataset` of {"image": uint8 [S, S, 3], "label": int32 []},
-      in the order of `entries`.
+      A `tf.data.Dataset` of {"image": uint8 [S, S, 3], "label": int32 []
+      [, "index": int32 []]}, in the order of `entries`.
     """
     paths = [e.path for e in entries]
     labels = [e.label for e in entries]
-    ds = tf.data.Dataset.from_tensor_slices(
-        (tf.constant(paths, tf.string), tf.constant(labels, tf.int32)))
+    columns = {"path": tf.constant(paths, tf.string),
+               "label": tf.constant(labels, tf.int32)}
+    if indices is not None:
+        columns["index"] = tf.constant(list(indices), tf.int32)
+    ds = tf.data.Dataset.from_tensor_slices(columns)
 
-    def load(path, label):
-        image = decode_image(tf.io.read_file(path), image_size, resize)
-        return {"image": image, "label": label}
+    def load(element):
+        element = dict(element)
+        path = element.pop("path")
+        element["image"] = decode_image(tf.io.read_file(path), image_size, resize)
+        return element
 
     ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     # The scan already refused every file that does not decode; this only

@@ -197,6 +197,24 @@ class TfdsSource:
     num_examples: int
 
 
+def tfds_builder(name, data_dir=None, download=True):
+    """A prepared TFDS builder, or a RuntimeError naming the offline options."""
+    import tensorflow_datasets as tfds
+
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+        if download:
+            builder.download_and_prepare()
+        return builder
+    except Exception as e:  # TFDS raises many kinds; all end the same way.
+        raise RuntimeError(
+            f"Could not load TFDS dataset '{name}': {type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}. Downloading needs "
+            "network access; offline, point --tfds_data_dir at a folder where "
+            "the dataset was already prepared, or train from an image folder "
+            "with --data_dir=<folder of class sub-folders>.") from e
+
+
 def load_tfds(name, split="train", data_dir=None, download=True):
     """Loads a TFDS image-classification dataset in tlfast's element format.
 
@@ -215,26 +233,22 @@ def load_tfds(name, split="train", data_dir=None, download=True):
       ValueError: The dataset has no "image" + "label" features.
     """
     import tensorflow as tf
-    import tensorflow_datasets as tfds
 
-    try:
-        builder = tfds.builder(name, data_dir=data_dir)
-        if download:
-            builder.download_and_prepare()
-        ds = builder.as_dataset(split=split, shuffle_files=False)
-    except Exception as e:  # TFDS raises many kinds; all end the same way.
-        raise RuntimeError(
-            f"Could not load TFDS dataset '{name}' (split '{split}'): "
-            f"{type(e).__name__}: {e}. Downloading needs network access; "
-            "offline, point data_dir (--tfds_data_dir) at a folder where the "
-            "dataset was already prepared, or train from an image folder with "
-            "--data_dir=<folder of class sub-folders>.") from e
+    builder = tfds_builder(name, data_dir, download)
     features = builder.info.features
     if "image" not in features or "label" not in features:
         raise ValueError(
             f"TFDS dataset '{name}' has no 'image' and 'label' features, so it "
             "is not an image-classification dataset. Received features: "
             f"{list(features.keys())}")
+    try:
+        ds = builder.as_dataset(split=split, shuffle_files=False)
+    except Exception as e:
+        raise RuntimeError(
+            f"Could not read split '{split}' of TFDS dataset '{name}': "
+            f"{str(e).splitlines()[0] if str(e) else type(e).__name__}. "
+            "Offline, point --tfds_data_dir at a folder where it was already "
+            "prepared, or train from an image folder with --data_dir.") from e
     num_examples = builder.info.splits[split].num_examples
     ds = ds.map(
         lambda e: {"image": e["image"], "label": tf.cast(e["label"], tf.int32)},

@@ -1,0 +1,126 @@
+"""Example sets: what training needs of a split, whatever the source.
+
+A folder split (scanned `FileEntry`s) and a TFDS split offer the same four
+things: stable per-example ids (the feature-cache keys), integer labels,
+batched uint8 images for any subset (feature extraction), and the full
+cached/shuffled pixel pipeline (fine-tuning). Both decode through
+`pipeline.decode_image`, so a TFDS image and the same file on disk give the
+same pixels.
+"""
+
+import hashlib
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from tlfast.data import pipeline
+
+
+class FileExamples:
+    """Scanned image files of one split."""
+
+    def __init__(self, entries, image_size, resize="crop"):
+        self.entries = list(entries)
+        self.image_size, self.resize = image_size, resize
+
+    def __len__(self):
+        return len(self.entries)
+
+    @property
+    def ids(self):
+        # Content identity: a changed file gets a new id and is recomputed.
+        out = []
+        for entry in self.entries:
+            st = os.stat(entry.path)
+            out.append(f"{entry.relpath}|{st.st_size}|{st.st_mtime_ns}")
+        return out
+
+    @property
+    def labels(self):
+        return np.array([e.label for e in self.entries], np.int32)
+
+    def batched(self, indices, batch_size):
+        """{"image": uint8 [B, S, S, 3], "label", "index"} for `indices`, in order."""
+        subset = [self.entries[i] for i in indices]
+        ds = pipeline.files_dataset(subset, self.image_size, self.resize,
+                                    indices=indices)
+        return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+    def pixels(self, config, *, training):
+        """The cached, (shuffled,) batched pipeline of the whole split."""
+        return pipeline.image_folder_dataset(self.entries, config,
+                                             training=training)
+
+
+class TfdsExamples:
+    """One split of a TFDS image-classification dataset.
+
+    Images are read still encoded (`SkipDecoding`) and decoded by tlfast's own
+    decoder; labels are read once up front (cheap: no image is decoded).
+    """
+
+    def __init__(self, name, split, data_dir=None, image_size=224,
+                 resize="crop", download=True):
+        import tensorflow_datasets as tfds
+
+        from tlfast.data import sources
+
+        self.name, self.split = name, split
+        self.image_size, self.resize = image_size, resize
+        builder = sources.tfds_builder(name, data_dir, download)
+        self.version = str(builder.info.version)
+        features = builder.info.features
+        if "image" not in features or "label" not in features:
+            raise ValueError(
+                f"TFDS dataset '{name}' has no 'image' and 'label' features, so "
+                "it is not an image-classification dataset. Received features: "
+                f"{list(features.keys())}")
+        self.class_names = tuple(features["label"].names)
+        raw = builder.as_dataset(
+            split=split, shuffle_files=False,
+            decoders={"image": tfds.decode.SkipDecoding()})
+        self._raw = raw.map(lambda e: (e["image"], tf.cast(e["label"], tf.int32)))
+        self.labels = np.fromiter(
+            (int(label) for _, label in self._raw.as_numpy_iterator()), np.int32)
+
+    def __len__(self):
+        return len(self.labels)
+
+    @property
+    def ids(self):
+        return [f"tfds:{self.name}:{self.version}:{self.split}:{i}"
+                for i in range(len(self))]
+
+    def _decoded(self, with_index):
+        size, resize = self.image_size, self.resize
+
+        def load(index, item):
+            element = {"image": pipeline.decode_image(item[0], size, resize),
+                       "label": item[1]}
+            if with_index:
+                element["index"] = tf.cast(index, tf.int32)
+            return element
+
+        return self._raw.enumerate().map(load, num_parallel_calls=tf.data.AUTOTUNE)
+
+    def batched(self, indices, batch_size):
+        wanted = tf.constant(sorted(indices), tf.int64)
+        ds = self._raw.enumerate().filter(
+            lambda i, _: tf.reduce_any(tf.equal(wanted, i)))
+        size, resize = self.image_size, self.resize
+        ds = ds.map(lambda i, item: {
+            "image": pipeline.decode_image(item[0], size, resize),
+            "label": item[1], "index": tf.cast(i, tf.int32)},
+            num_parallel_calls=tf.data.AUTOTUNE)
+        if list(indices) != sorted(indices):
+            raise ValueError("TfdsExamples.batched needs sorted indices. "
+                             f"Received: indices={list(indices)[:5]}...")
+        return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+    def pixels(self, config, *, training):
+        key = hashlib.sha256(
+            f"{self.name}|{self.version}|{self.split}|{config.image_size}|"
+            f"{config.resize}".encode()).hexdigest()[:20]
+        ds = self._decoded(with_index=False)
+        return pipeline.finish(ds, len(self), config, training=training, key=key)
