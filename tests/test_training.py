@@ -40,7 +40,8 @@ def test_outputs_and_metrics(tiny_config):
     metrics = _run(tiny_config)
     out = tiny_config.output_dir
     for name in ("model.keras", "labels.txt", "history.csv", "run.json",
-                 "metrics.json", "split.csv"):
+                 "metrics.json", "split.csv", "training_curves.png",
+                 "evaluation.json", "confusion_matrix.png"):
         assert os.path.isfile(os.path.join(out, name)), name
     assert os.listdir(os.path.join(out, "logs"))  # TensorBoard events.
     saved = json.load(open(os.path.join(out, "metrics.json")))
@@ -50,6 +51,9 @@ def test_outputs_and_metrics(tiny_config):
                 "backbone_images_forwarded"):
         assert key in metrics, key
     assert metrics["num_train"] + metrics["num_val"] == 24
+    # The end-of-run evaluation agrees with the head's validation accuracy.
+    assert metrics["evaluation"]["accuracy"] == pytest.approx(
+        metrics["val_accuracy"], abs=1e-6)
     assert metrics["feature_cache"] == "miss"
     assert metrics["backbone_images_forwarded"] == 24
     assert {"scan", "extract", "head", "save", "total"} <= set(metrics["timings_s"])
@@ -254,3 +258,18 @@ def test_tfds_source_trains_through_the_same_pipeline(tmp_path):
     assert again["feature_cache"] == "hit"
     run = json.load(open(tmp_path / "out" / "run.json"))
     assert run["split"]["tfds_splits"] == ["train[:80%]", "train[80%:]"]
+
+
+def test_export_flag_writes_checked_exports(tiny_config):
+    metrics = _run(dataclasses.replace(tiny_config, export="saved_model,tflite"))
+    exports = metrics["exports"]
+    assert set(exports) >= {"saved_model", "tflite"}
+    for fmt in ("saved_model", "tflite"):
+        assert exports[fmt]["parity_ok"] is True, exports[fmt]
+    assert os.path.isfile(os.path.join(tiny_config.output_dir, "export",
+                                       "model.tflite"))
+
+
+def test_unknown_export_format_fails_fast(tiny_config):
+    with pytest.raises(ValueError, match="Unknown export format 'onnx'"):
+        _run(dataclasses.replace(tiny_config, export="tflite,onnx"))

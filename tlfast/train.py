@@ -73,6 +73,9 @@ flags.DEFINE_integer("max_pixels", _D.max_pixels, "Images with more pixels "
                      "are skipped (decompression-bomb guard).")
 flags.DEFINE_integer("feature_shard_size", _D.feature_shard_size, "Examples "
                      "per feature-cache shard (the unit of resumption).")
+flags.DEFINE_string("export", _D.export, "Comma list of export formats: "
+                    "keras, saved_model, tflite, tflite_int8 (each checked for "
+                    "parity with model.keras on the validation images).")
 flags.DEFINE_integer("seed", _D.seed, "Seed for split, initialisation, "
                      "shuffling and augmentation.")
 flags.DEFINE_bool("strict", _D.strict, "Fail on any bad image instead of "

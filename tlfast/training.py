@@ -74,6 +74,7 @@ class TrainConfig:
     feature_dtype: str = "float16"
     feature_shard_size: int = 512
     max_pixels: int = scan_lib.DEFAULT_MAX_PIXELS
+    export: str = ""  # Comma list of keras, saved_model, tflite, tflite_int8.
     seed: int = 0
     strict: bool = False
 
@@ -133,6 +134,12 @@ def check_config(config):
             f"Weights file not found: '{weights}'. Pass imagenet, none, or a "
             f"path to a .weights.h5 / .h5 file. Received: weights={weights!r}")
     head_config(config)  # Validates the head settings.
+    known = ("keras", "saved_model", "tflite", "tflite_int8")
+    for fmt in (f.strip() for f in config.export.split(",") if f.strip()):
+        if fmt not in known:
+            raise ValueError(f"Unknown export format '{fmt}'. Expected a comma "
+                             f"list of {', '.join(known)}. Received: "
+                             f"export={config.export!r}")
     for path in (config.output_dir, os.path.expanduser(config.cache_dir)):
         _check_writable(path)
     return spec, size, augment_lib.canonical_spec(config.augment)
@@ -363,6 +370,55 @@ def load_tfds_data(config, size, timings):
     return TrainingData(train.class_names, train, validation, tfds_splits=splits)
 
 
+def finish_run(classifier, data, size, config, timings, val_probs=None):
+    """Curves, an evaluation from pixels, and the requested exports.
+
+    Returns:
+      Entries for metrics.json: "evaluation" (accuracy from pixels, top-k,
+      per-class scores; the full report is in evaluation.json) and "exports"
+      (paths and parity per format).
+    """
+    from tlfast import evaluate
+    from tlfast import export
+    from tlfast import plots
+
+    out = config.output_dir
+    report = {}
+    plots.plot_training_curves(os.path.join(out, "history.csv"),
+                               os.path.join(out, "training_curves.png"))
+    val_entries = getattr(data.validation, "entries", None)
+    if val_entries is not None:
+        with Phase("evaluate", total=len(val_entries), timings=timings):
+            if val_probs is not None:
+                # The frozen backbone's validation features are cached: the
+                # head's predictions on them are the model's predictions.
+                result = evaluate.report_from_probabilities(
+                    val_probs, val_entries, data.class_names, out,
+                    metrics_file="evaluation.json")
+            else:
+                result = evaluate.evaluate_model(
+                    classifier, val_entries, data.class_names, out,
+                    batch_size=config.batch_size, resize=config.resize,
+                    metrics_file="evaluation.json")
+        report["evaluation"] = {k: result[k] for k in (
+            "accuracy", "top_k", "top_k_accuracy") if k in result}
+    formats = [f.strip() for f in config.export.split(",") if f.strip()]
+    if formats:
+        with Phase("export", timings=timings):
+            train_entries = getattr(data.train, "entries", None)
+            representative = validation = None
+            if train_entries is not None:
+                representative = export.decode_entries(
+                    train_entries, size, config.resize, limit=100)[0]
+                validation = export.decode_entries(val_entries, size,
+                                                   config.resize)
+            report["exports"] = export.export_model(
+                classifier, formats, os.path.join(out, "export"),
+                class_names=data.class_names, representative=representative,
+                validation=validation, batch_size=config.batch_size)
+    return report
+
+
 def run_training(config):
     """Runs the whole job; see the module docstring.
 
@@ -416,6 +472,9 @@ def run_training(config):
         _write_text(os.path.join(config.output_dir, "labels.txt"),
                     "\n".join(data.class_names) + "\n")
         _write_history(os.path.join(config.output_dir, "history.csv"), stages)
+    val_probs = None if config.fine_tune_epochs else head.predict(
+        val_x, batch_size=4096, verbose=0)
+    report = finish_run(classifier, data, size, config, timings, val_probs)
     timings["total"] = round(time.perf_counter() - start, 3)
     metrics = {
         "val_accuracy": val_accuracy,
@@ -430,6 +489,7 @@ def run_training(config):
         "features_cached": sum(s.cached for s in stats),
         "scan_cached": data.scan_cached,
         "image_size": size,
+        **report,
     }
     _write_json(os.path.join(config.output_dir, "metrics.json"), metrics)
     _write_json(os.path.join(config.output_dir, "run.json"), {

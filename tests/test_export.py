@@ -1,0 +1,286 @@
+import json
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+import types
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from test_predict import CLASSES
+from test_predict import REPO
+from test_predict import cli
+from test_predict import error_lines
+from test_predict import train_run
+from tlfast import evaluate
+from tlfast import export
+from tlfast import predict
+from tlfast.data import pipeline
+from tlfast.data.split import read_split
+from tlfast.data.sources import FileEntry
+
+
+def _split_entries(run, data_dir, split):
+    return [FileEntry(os.path.join(data_dir, *rel.split("/")), rel, label)
+            for rel, label in read_split(os.path.join(run.run_dir, "split.csv"))[split]]
+
+
+@pytest.fixture(scope="module")
+def mobilenet(tmp_path_factory):
+    """A keras.applications MobileNet behind tlfast's custom layers
+    (BackbonePreprocessing, and Augmentation, inactive at inference)."""
+    run_dir, data_dir = train_run(tmp_path_factory.mktemp("export"),
+                                  backbone="mobilenet_025", augment="standard")
+    run = predict.load_model_run(run_dir)
+    val = export.decode_entries(_split_entries(run, data_dir, "validation"), 32,
+                                run.resize)
+    train = export.decode_entries(_split_entries(run, data_dir, "train"), 32,
+                                  run.resize)
+    return run, data_dir, train, val
+
+
+def _layer_classes(model):
+    return {type(l).__name__ for l in model._flatten_layers()}
+
+
+@pytest.fixture(scope="module")
+def exported(mobilenet, tmp_path_factory):
+    run, _, train, val = mobilenet
+    out = tmp_path_factory.mktemp("exported")
+    report = export.export_model(run.model, export.FORMATS, str(out),
+                                 class_names=run.class_names,
+                                 representative=train[0], validation=val)
+    return out, report
+
+
+def test_all_formats_match_the_keras_model(mobilenet, exported):
+    run = mobilenet[0]
+    assert {"BackbonePreprocessing", "Augmentation"} <= _layer_classes(run.model)
+    out, report = exported
+    assert set(report) == set(export.FORMATS)
+    for fmt, info in report.items():
+        assert "error" not in info, (fmt, info)
+        assert os.path.exists(info["path"]) and info["size_bytes"] > 1000
+        assert info["num_images"] == 9
+        assert 0 <= info["accuracy"] <= 1 and 0 <= info["top1_agreement"] <= 1
+    for fmt in ("keras", "saved_model", "tflite"):
+        assert report[fmt]["parity_ok"], (fmt, report[fmt])
+        assert report[fmt]["max_prob_diff"] <= 1e-3
+        assert report[fmt]["accuracy"] == report[fmt]["reference_accuracy"]
+    assert not report["tflite"]["select_tf_ops"]
+    assert report["tflite_int8"]["max_prob_diff"] < 0.1
+    assert report["tflite_int8"]["size_bytes"] < report["tflite"]["size_bytes"] / 2
+    assert json.loads((out / "export.json").read_text()) == json.loads(
+        json.dumps(report))
+    for labels in (out / "labels.txt", out / "saved_model" / "labels.txt"):
+        assert labels.read_text().split() == list(CLASSES)
+
+
+def test_saved_model_serves_uint8_batches(mobilenet, exported):
+    run, _, _, (images, _) = mobilenet
+    serve = tf.saved_model.load(str(exported[0] / "saved_model")).signatures[
+        "serving_default"]
+    spec = serve.structured_input_signature[1]["image"]
+    assert spec.dtype == tf.uint8 and spec.shape.as_list() == [None, 32, 32, 3]
+    probs = next(iter(serve(image=tf.constant(images[:5])).values())).numpy()
+    np.testing.assert_allclose(probs, run.model.predict(images[:5], verbose=0),
+                               atol=1e-5)
+
+
+def test_tflite_runs_uint8_batches_like_keras(mobilenet, exported):
+    run, _, _, (images, _) = mobilenet
+    probs = export.run_tflite(exported[1]["tflite"]["path"], images[:5],
+                              batch_size=2)
+    np.testing.assert_allclose(probs, run.model.predict(images[:5], verbose=0),
+                               atol=1e-5)
+
+
+def test_int8_model_is_integer_inside_with_uint8_in_float_out(exported):
+    interpreter = export._interpreter(exported[1]["tflite_int8"]["path"])
+    assert interpreter.get_input_details()[0]["dtype"] == np.uint8
+    assert interpreter.get_output_details()[0]["dtype"] == np.float32
+    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+    convs = [op for op in interpreter._get_ops_details()
+             if op["op_name"] in ("CONV_2D", "DEPTHWISE_CONV_2D")]
+    assert convs and all(tensors[op["inputs"][0]]["dtype"] == np.int8
+                         for op in convs)
+
+
+def test_serving_model_drops_inference_no_ops_and_shares_weights(mobilenet):
+    run, _, _, (images, _) = mobilenet
+    serving = export.serving_model(run.model)
+    kinds = _layer_classes(serving)
+    assert not {"Augmentation", "Dropout"} & kinds and "Identity" in kinds
+    assert "BackbonePreprocessing" in kinds
+    np.testing.assert_array_equal(serving.predict(images, verbose=0),
+                                  run.model.predict(images, verbose=0))
+    shared = {id(v) for v in run.model.weights}
+    assert all(id(v) in shared for v in serving.weights)
+
+
+def test_failed_parity_is_reported_not_raised(mobilenet, tmp_path, monkeypatch,
+                                             caplog):
+    run, _, _, val = mobilenet
+
+    def wrong(fmt, model, path, *args):
+        probs = model.predict(val[0], verbose=0)
+        return {"path": path}, np.eye(3)[(probs.argmax(1) + 1) % 3]
+
+    monkeypatch.setattr(export, "_export_one", wrong)
+    with caplog.at_level(logging.WARNING, logger="tlfast"):
+        report = export.export_model(run.model, ["keras"], str(tmp_path),
+                                     class_names=run.class_names, validation=val)
+    assert report["keras"]["parity_ok"] is False
+    assert report["keras"]["top1_agreement"] == 0.0
+    assert "differs from the Keras model" in caplog.text
+
+
+def test_a_failed_format_does_not_stop_the_others(mobilenet, tmp_path,
+                                                 monkeypatch):
+    run = mobilenet[0]
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(export, "serving_model",
+                        lambda model: types.SimpleNamespace(export=broken))
+    report = export.export_model(run.model, ["keras", "saved_model", "tflite"],
+                                 str(tmp_path), class_names=run.class_names)
+    for fmt in ("saved_model", "tflite"):
+        assert report[fmt]["error"] == (
+            "SavedModel export failed: RuntimeError: disk full")
+    assert "error" not in report["keras"]
+    assert report["keras"]["parity_ok"] is None  # No validation images.
+    assert os.path.isfile(report["keras"]["path"])
+
+
+def test_ops_without_a_tflite_builtin_fall_back_to_select_tf_ops(tmp_path):
+    class Determinant(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 2, 2], tf.float32)])
+        def serve(self, x):
+            return {"det": tf.linalg.det(x)}
+
+    module = Determinant()
+    tf.saved_model.save(module, str(tmp_path),
+                        signatures={"serving_default": module.serve})
+    flatbuffer, select_ops = export._convert(str(tmp_path))
+    assert select_ops and len(flatbuffer) > 100
+
+
+def test_parity_thresholds():
+    reference = np.array([[0.9, 0.1]] * 200 + [[0.6, 0.4]])
+    close = reference + 5e-4
+    assert export.parity(reference, close)["parity_ok"]
+    assert not export.parity(reference, reference + 2e-3)["parity_ok"]
+    flipped = reference.copy()
+    flipped[-1] = [0.4, 0.6]
+    result = export.parity(reference, flipped, np.zeros(201, int))
+    assert result["top1_agreement"] == pytest.approx(200 / 201)
+    assert result["accuracy"] == pytest.approx(200 / 201)
+    assert result["reference_accuracy"] == 1.0
+    assert not result["parity_ok"]  # 0.995 top-1 but 0.2 off.
+    assert export.parity(reference, flipped, quantized=True)["parity_ok"]
+
+
+def test_as_arrays_accepts_datasets_and_pairs(mobilenet):
+    run, data_dir, _, (images, labels) = mobilenet
+    entries = _split_entries(run, data_dir, "validation")
+    ds = pipeline.files_dataset(entries, 32, run.resize)
+    for data in (ds, ds.batch(4), ds.map(lambda e: (e["image"], e["label"]))):
+        got_images, got_labels = export.as_arrays(data, "validation")
+        np.testing.assert_array_equal(got_images, images)
+        np.testing.assert_array_equal(got_labels, labels)
+    got, none = export.as_arrays(images, "validation")
+    assert got is images and none is None
+    with pytest.raises(ValueError, match="uint8 images.*float32"):
+        export.as_arrays(images.astype("float32"), "validation")
+    with pytest.raises(ValueError, match="9 images but 2 labels"):
+        export.as_arrays((images, labels[:2]), "validation")
+
+
+def test_bad_arguments(mobilenet, tmp_path):
+    run = mobilenet[0]
+    with pytest.raises(ValueError, match="Unknown export format 'tflight'.*"
+                       "Did you mean 'tflite'"):
+        export.export_model(run.model, "keras,tflight", str(tmp_path),
+                            class_names=run.class_names)
+    with pytest.raises(ValueError, match="tflite_int8 needs representative"):
+        export.export_model(run.model, "tflite_int8", str(tmp_path),
+                            class_names=run.class_names)
+    with pytest.raises(ValueError, match="3 outputs but 2 class names"):
+        export.export_model(run.model, "keras", str(tmp_path),
+                            class_names=("a", "b"))
+    assert not os.listdir(tmp_path)
+
+
+def test_cli_exports_with_the_runs_data(mobilenet, tmp_path):
+    run = mobilenet[0]
+    out = tmp_path / "exp"
+    result = cli("tlfast.export_main", f"--model={run.run_dir}/model.keras",
+                 "--formats=tflite_int8", f"--output_dir={out}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout[result.stdout.index("{"):])
+    # Calibrated on, and checked against, the run's own images (split.csv).
+    assert report["tflite_int8"]["num_images"] == 9
+    assert report["tflite_int8"]["max_prob_diff"] < 0.1
+    assert sorted(os.listdir(out)) == ["export.json", "labels.txt",
+                                       "model_int8.tflite"]
+
+
+def test_cli_errors_are_one_clear_line(mobilenet, tmp_path):
+    run = mobilenet[0]
+    result = cli("tlfast.export_main", f"--model={tmp_path}/none/model.keras",
+                 f"--output_dir={tmp_path / 'o'}")
+    assert result.returncode == 2, result.stderr[-3000:]
+    errors = error_lines(result, "tlfast-export")
+    assert len(errors) == 1 and "Model file not found" in errors[0], result.stderr
+
+
+@pytest.mark.slow
+def test_jax_backend_predicts_evaluates_and_exports_float_formats(mobilenet,
+                                                                  tmp_path):
+    pytest.importorskip("jax")
+    run, data_dir, _, (images, labels) = mobilenet
+    np.save(tmp_path / "images.npy", images)
+    np.save(tmp_path / "labels.npy", labels)
+    code = textwrap.dedent(f"""
+        import json, keras, numpy as np
+        from tlfast import evaluate, export, predict
+        assert keras.backend.backend() == "jax"
+        run = predict.load_model_run({run.run_dir!r})
+        images = np.load({str(tmp_path / "images.npy")!r})
+        labels = np.load({str(tmp_path / "labels.npy")!r})
+        entries, skipped, _ = evaluate.load_eval_entries(
+            {data_dir!r}, run.class_names)
+        report = evaluate.evaluate_model(run.model, entries, run.class_names,
+                                         None, resize=run.resize)
+        exported = export.export_model(
+            run.model, "saved_model,tflite", {str(tmp_path / "out")!r},
+            class_names=run.class_names, validation=(images, labels))
+        try:
+            export.export_model(run.model, "tflite_int8", {str(tmp_path)!r},
+                                class_names=run.class_names)
+        except ValueError as e:
+            int8_error = str(e)
+        print("RESULT", json.dumps({{
+            "probs": run.model.predict(images, verbose=0).tolist(),
+            "accuracy": report["accuracy"], "export": exported,
+            "int8_error": int8_error}}))
+    """)
+    env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu",
+               TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=REPO)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                            text=True, env=env, timeout=600, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-4000:]
+    out = json.loads(result.stdout.split("RESULT ", 1)[1])
+    np.testing.assert_allclose(out["probs"], run.model.predict(images, verbose=0),
+                               atol=1e-5)
+    for fmt in ("saved_model", "tflite"):
+        assert out["export"][fmt]["parity_ok"], out["export"][fmt]
+    assert "KERAS_BACKEND=tensorflow" in out["int8_error"]
+    entries = evaluate.load_eval_entries(data_dir, run.class_names)[0]
+    tf_report = evaluate.evaluate_model(run.model, entries, run.class_names, None)
+    assert out["accuracy"] == tf_report["accuracy"]

@@ -1,0 +1,410 @@
+"""Export to serving formats, each checked against the Keras model.
+
+Formats, written into `output_dir` with `labels.txt` beside them:
+
+    keras        model.keras: the Keras model, re-saved.
+    saved_model  saved_model/: TF SavedModel with a "serving_default"
+                 signature taking uint8 images [None, S, S, 3] ("image") and
+                 returning float32 probabilities [None, C] ("output_0").
+                 It has its own labels.txt inside.
+    tflite       model.tflite: float32 weights and activations, uint8 input,
+                 float32 output; converted from the SavedModel.
+                 Works under the JAX backend too (via jax2tf).
+    tflite_int8  model_int8.tflite: full-integer quantization of weights and
+                 activations, calibrated on representative training images.
+                 Input stays uint8 [None, S, S, 3] (raw pixels, no input
+                 quantization: the graph casts and quantizes them), output
+                 float32 probabilities (dequantized from int8 softmax, so in
+                 steps of 1/256). Every op in between is int8. Needs the
+                 TensorFlow backend.
+
+SavedModel and TFLite are made from `serving_model(model)`: augmentation and
+dropout, no-ops at inference, are left out.
+
+After each export a parity check runs the exported model on the validation
+images and compares it with the Keras model: top-1 agreement and the largest
+absolute probability difference. Float formats must agree on >= 99.5% of
+top-1 and within 1e-3; int8 is reported with a looser top-1 bar (>= 95%, no
+probability bar). A failed check logs a warning and is reported, it does not
+stop the export. `export.json` records it all.
+"""
+
+import logging
+import os
+import tempfile
+import warnings
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tlfast import predict as predict_lib
+from tlfast.data import augment as augment_lib
+from tlfast.data.scan import write_json_atomic
+from tlfast.errors import suggest
+
+log = logging.getLogger("tlfast")
+FORMATS = ("keras", "saved_model", "tflite", "tflite_int8")
+FILE_NAMES = {"keras": "model.keras", "saved_model": "saved_model",
+              "tflite": "model.tflite", "tflite_int8": "model_int8.tflite"}
+FLOAT_TOP1, FLOAT_MAX_DIFF = 0.995, 1e-3
+INT8_TOP1 = 0.95
+NUM_REPRESENTATIVE = 100
+
+
+def parse_formats(formats):
+    """Normalises "keras,tflite" or a list to a tuple of known format names."""
+    if isinstance(formats, str):
+        formats = [f for f in formats.split(",")]
+    out = []
+    for name in formats:
+        name = str(name).strip()
+        if not name:
+            continue
+        if name not in FORMATS:
+            raise ValueError(
+                f"Unknown export format '{name}'.{suggest(name, FORMATS)} "
+                f"Expected a comma-separated list of {', '.join(FORMATS)}. "
+                f"Received: formats={formats!r}")
+        if name not in out:
+            out.append(name)
+    if not out:
+        raise ValueError(f"No export format given. Expected some of "
+                         f"{', '.join(FORMATS)}. Received: formats={formats!r}")
+    return tuple(out)
+
+
+def as_arrays(data, name):
+    """uint8 images [N, S, S, 3] and labels [N] (or None) from many shapes.
+
+    Args:
+      data: None; a uint8 array [N, S, S, 3]; an (images, labels) pair; or
+        a `tf.data.Dataset` (batched or not) of images, (image, label)
+        tuples or {"image", "label"} dicts.
+      name: Argument name, for messages.
+
+    Returns:
+      (images, labels) as numpy arrays; (None, None) for None.
+    """
+    if data is None:
+        return None, None
+    labels = None
+    if isinstance(data, tf.data.Dataset):
+        images, labels = [], []
+        for element in data.as_numpy_iterator():
+            if isinstance(element, dict):
+                image, label = element["image"], element.get("label")
+            elif isinstance(element, tuple):
+                image, label = element[0], element[1]
+            else:
+                image, label = element, None
+            images.append(image if image.ndim == 4 else image[None])
+            if label is not None:
+                labels.append(np.reshape(label, (-1,)))
+        if not images:
+            raise ValueError(f"{name} is an empty dataset. Pass some images.")
+        images = np.concatenate(images)
+        labels = np.concatenate(labels) if labels else None
+    elif isinstance(data, (tuple, list)) and len(data) == 2:
+        images, labels = np.asarray(data[0]), np.asarray(data[1])
+    else:
+        images = np.asarray(data)
+    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+        raise ValueError(
+            f"{name} must hold uint8 images [N, S, S, 3]. Received: "
+            f"shape={images.shape}, dtype={images.dtype}")
+    if not len(images):
+        raise ValueError(f"{name} holds no images. Pass some, or None.")
+    if labels is not None and len(labels) != len(images):
+        raise ValueError(f"{name} has {len(images)} images but {len(labels)} "
+                         "labels.")
+    return images, labels
+
+
+def decode_entries(entries, image_size, resize, *, limit=None, batch_size=64):
+    """Decodes files to arrays through the training decode path.
+
+    Args:
+      entries: Scanned `FileEntry`s.
+      image_size: Side S.
+      resize: The run's resize mode.
+      limit: Keep at most this many, evenly spaced over `entries` (which
+        are sorted by class, so every class is represented).
+      batch_size: Decode batch size.
+
+    Returns:
+      (images uint8 [N, S, S, 3], labels int32 [N]).
+    """
+    entries = list(entries)
+    if limit is not None and len(entries) > limit:
+        keep = np.linspace(0, len(entries) - 1, limit).round().astype(int)
+        entries = [entries[i] for i in np.unique(keep)]
+    images, labels = [], []
+    for batch, positions in predict_lib.iter_batches(entries, image_size, resize,
+                                                      batch_size):
+        images.append(batch)
+        labels.append(np.array([entries[i].label for i in positions], np.int32))
+    if not images:
+        return (np.zeros((0, image_size, image_size, 3), np.uint8),
+                np.zeros((0,), np.int32))
+    return np.concatenate(images), np.concatenate(labels)
+
+
+# Identity at inference, but holding random-seed state: a uint32 variable
+# under JAX, which TFLite cannot hold.
+_INFERENCE_NO_OPS = (augment_lib.Augmentation, keras.layers.Dropout,
+                     keras.layers.GaussianNoise, keras.layers.GaussianDropout,
+                     keras.layers.AlphaDropout)
+
+
+def serving_model(model):
+    """The model for SavedModel / TFLite: inference no-ops left out.
+
+    Augmentation and dropout layers do nothing at inference; they are
+    replaced by `Identity`, every other layer is shared (same weights). The
+    result computes the same function with no random-seed variables, which
+    TFLite cannot convert under the JAX backend. A model that cannot be
+    cloned (subclassed) is returned as is.
+    """
+
+    def strip(layer):
+        if isinstance(layer, _INFERENCE_NO_OPS):
+            return keras.layers.Identity(name=layer.name)
+        return layer
+
+    try:
+        return keras.models.clone_model(model, clone_function=strip,
+                                        recursive=True)
+    except ValueError:  # Not a Functional / Sequential model.
+        return model
+
+
+def _interpreter(path):
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:  # TF's own copy, deprecated but still bundled.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return tf.lite.Interpreter(model_path=path)
+    return Interpreter(model_path=path)
+
+
+def run_tflite(path, images, batch_size=32):
+    """Probabilities float32 [N, C] of a .tflite model taking uint8 [B, S, S, 3].
+
+    Quantized inputs / outputs are (de)quantized with their scales.
+    """
+    interpreter = _interpreter(path)
+    inp = interpreter.get_input_details()[0]
+    out = interpreter.get_output_details()[0]
+    results, shape = [], None
+    for start in range(0, len(images), batch_size):
+        batch = images[start:start + batch_size]
+        if batch.shape != shape:
+            interpreter.resize_tensor_input(inp["index"], batch.shape)
+            interpreter.allocate_tensors()
+            shape = batch.shape
+        scale, zero = inp["quantization"]
+        x = batch.astype(np.float32)
+        if scale and inp["dtype"] != np.float32:
+            x = x / scale + zero
+        interpreter.set_tensor(inp["index"], np.round(x).astype(inp["dtype"])
+                               if inp["dtype"] != np.float32 else x)
+        interpreter.invoke()
+        y = interpreter.get_tensor(out["index"]).astype(np.float32)
+        scale, zero = out["quantization"]
+        if scale and out["dtype"] != np.float32:
+            y = (y - zero) * scale
+        results.append(y)
+    return np.concatenate(results)
+
+
+def _run_saved_model(path, images, batch_size=32):
+    serve = tf.saved_model.load(path).signatures["serving_default"]
+    outputs = []
+    for start in range(0, len(images), batch_size):
+        result = serve(image=tf.constant(images[start:start + batch_size]))
+        outputs.append(next(iter(result.values())).numpy())
+    return np.concatenate(outputs).astype(np.float32)
+
+
+def _convert(saved_model_dir, representative=None):
+    """TFLite flatbuffer bytes; float, or full-integer with `representative`."""
+    converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir)
+    if representative is not None:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = lambda: (
+            [image[None]] for image in representative)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.uint8
+        converter.inference_output_type = tf.float32
+        return converter.convert(), False
+    try:
+        return converter.convert(), False
+    except Exception as e:  # ConverterError; its class moves between TF versions.
+        # An op with no TFLite builtin: fall back to TF ops (needs the Flex
+        # delegate at run time, bundled with the full TF interpreter).
+        log.warning("TFLite builtins cannot express the model (%s); retrying "
+                    "with SELECT_TF_OPS.", str(e).splitlines()[0][:200])
+        converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS,
+                                               tf.lite.OpsSet.SELECT_TF_OPS]
+        return converter.convert(), True
+
+
+def parity(reference, probs, labels=None, *, quantized=False):
+    """Compares an export's probabilities with the Keras model's.
+
+    Returns:
+      {"top1_agreement", "max_prob_diff", "parity_ok", "num_images"} and,
+      with labels, "accuracy" (the export's) and "reference_accuracy".
+    """
+    agree = float(np.mean(reference.argmax(1) == probs.argmax(1)))
+    diff = float(np.max(np.abs(reference - probs)))
+    ok = (agree >= INT8_TOP1 if quantized else
+          agree >= FLOAT_TOP1 and diff <= FLOAT_MAX_DIFF)
+    out = {"top1_agreement": agree, "max_prob_diff": diff, "parity_ok": bool(ok),
+           "num_images": int(len(probs))}
+    if labels is not None:
+        out["accuracy"] = float(np.mean(probs.argmax(1) == labels))
+        out["reference_accuracy"] = float(np.mean(reference.argmax(1) == labels))
+    return out
+
+
+def _write_labels(directory, class_names):
+    with open(os.path.join(directory, "labels.txt"), "w", encoding="utf-8") as f:
+        f.write("\n".join(class_names) + "\n")
+
+
+def _size(path):
+    if os.path.isfile(path):
+        return os.path.getsize(path)
+    return sum(os.path.getsize(os.path.join(d, n))
+               for d, _, names in os.walk(path) for n in names)
+
+
+def _export_one(fmt, model, path, saved_model_dir, representative, images,
+                batch_size):
+    """Writes one format; returns (info dict, probabilities or None)."""
+    info, probs = {"path": path}, None
+    if fmt == "keras":
+        # Saved beside, then renamed: `path` may be the model being exported.
+        tmp = os.path.join(os.path.dirname(path), ".tmp-export.keras")
+        model.save(tmp)
+        os.replace(tmp, path)
+        if images is not None:
+            probs = keras.models.load_model(path, compile=False).predict(
+                images, batch_size=batch_size, verbose=0)
+    elif fmt == "saved_model":
+        if images is not None:
+            probs = _run_saved_model(path, images, batch_size)
+    else:
+        flatbuffer, select_ops = _convert(
+            saved_model_dir, representative if fmt == "tflite_int8" else None)
+        with open(path, "wb") as f:
+            f.write(flatbuffer)
+        info["select_tf_ops"] = select_ops
+        if images is not None:
+            probs = run_tflite(path, images, batch_size)
+    info["size_bytes"] = _size(path)
+    return info, probs
+
+
+def export_model(model, formats, output_dir, *, class_names, representative=None,
+                 validation=None, batch_size=32):
+    """Exports a model and checks every export against it.
+
+    Args:
+      model: uint8 [B, S, S, 3] -> float32 [B, C] probabilities.
+      formats: Names from `FORMATS`, as a list or "keras,tflite".
+      output_dir: Folder for the exports, labels.txt and export.json.
+      class_names: C names, written to labels.txt.
+      representative: Calibration images for "tflite_int8" (about 100
+        training images): see `as_arrays` for accepted forms.
+      validation: Images (with labels, for accuracies) for the parity
+        checks: see `as_arrays`. None: no parity check.
+      batch_size: Images per forward pass in the checks.
+
+    Returns:
+      {format: {"path", "size_bytes", and with validation "top1_agreement",
+      "max_prob_diff", "parity_ok", "num_images", with labels "accuracy",
+      "reference_accuracy"; without, "parity_ok" is None; TFLite formats
+      also "select_tf_ops"}}; a format
+      that failed to export has {"error": message} instead. Also written to
+      `output_dir/export.json`.
+
+    Raises:
+      ValueError: Unknown formats, class names that do not match the model,
+        malformed images, or "tflite_int8" without representative images or
+        on a backend other than TensorFlow.
+    """
+    formats = parse_formats(formats)
+    if len(class_names) != model.output_shape[-1]:
+        raise ValueError(
+            f"The model has {model.output_shape[-1]} outputs but "
+            f"{len(class_names)} class names were given. Received: "
+            f"class_names={list(class_names)}")
+    if "tflite_int8" in formats and keras.backend.backend() != "tensorflow":
+        # jax2tf graphs quantize into int8 convs that TFLite refuses to run.
+        raise ValueError(
+            "tflite_int8 export needs Keras' TensorFlow backend. model.keras "
+            "is backend-independent: run the export with "
+            "KERAS_BACKEND=tensorflow. Received: "
+            f"backend={keras.backend.backend()!r}")
+    rep_images, _ = as_arrays(representative, "representative")
+    images, labels = as_arrays(validation, "validation")
+    if "tflite_int8" in formats and rep_images is None:
+        raise ValueError(
+            "tflite_int8 needs representative images to calibrate the int8 "
+            "ranges: pass representative= about 100 uint8 training images "
+            "[N, S, S, 3] (tlfast-export reads them from the run's data).")
+    if rep_images is not None and len(rep_images) > NUM_REPRESENTATIVE:
+        rep_images = rep_images[np.linspace(0, len(rep_images) - 1,
+                                            NUM_REPRESENTATIVE).astype(int)]
+    os.makedirs(output_dir, exist_ok=True)
+    _write_labels(output_dir, class_names)
+    reference = None
+    if images is not None:
+        reference = model.predict(images, batch_size=batch_size, verbose=0)
+    report = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        saved_model_dir, saved_model_error = None, None
+        if {"saved_model", "tflite", "tflite_int8"} & set(formats):
+            saved_model_dir = (os.path.join(output_dir, FILE_NAMES["saved_model"])
+                               if "saved_model" in formats else
+                               os.path.join(tmp, "saved_model"))
+            try:
+                serving_model(model).export(
+                    saved_model_dir, format="tf_saved_model", verbose=False)
+                if "saved_model" in formats:
+                    _write_labels(saved_model_dir, class_names)
+            except Exception as e:  # Reported for each format that needs it.
+                saved_model_error = f"SavedModel export failed: {type(e).__name__}: {e}"
+        for fmt in formats:
+            path = os.path.join(output_dir, FILE_NAMES[fmt])
+            error = saved_model_error if fmt != "keras" else None
+            if not error:
+                try:
+                    info, probs = _export_one(fmt, model, path, saved_model_dir,
+                                              rep_images, images, batch_size)
+                except Exception as e:  # One failed format must not lose the rest.
+                    error = f"{type(e).__name__}: {e}"
+            if error:
+                log.error("[export] %s failed: %s", fmt, error)
+                report[fmt] = {"path": path, "error": error}
+                continue
+            if probs is None:
+                info["parity_ok"] = None  # Not checked: no validation images.
+            else:
+                info.update(parity(reference, np.asarray(probs, np.float32),
+                                   labels, quantized=fmt == "tflite_int8"))
+                if not info["parity_ok"]:
+                    log.warning(
+                        "[export] %s differs from the Keras model: top-1 "
+                        "agreement %.4f, max probability difference %.2e.",
+                        fmt, info["top1_agreement"], info["max_prob_diff"])
+            report[fmt] = info
+            log.info("[export] %s -> %s %s", fmt, path, {
+                k: v for k, v in info.items() if k != "path"})
+    write_json_atomic(os.path.join(output_dir, "export.json"), report)
+    return report
