@@ -76,6 +76,9 @@ flags.DEFINE_integer("feature_shard_size", _D.feature_shard_size, "Examples "
 flags.DEFINE_string("export", _D.export, "Comma list of export formats: "
                     "keras, saved_model, tflite, tflite_int8 (each checked for "
                     "parity with model.keras on the validation images).")
+flags.DEFINE_string("data_service_address", _D.data_service_address,
+                    "grpc://host:port of a tf.data service dispatcher (see "
+                    "tlfast-data-service): decoding runs on its workers.")
 flags.DEFINE_integer("seed", _D.seed, "Seed for split, initialisation, "
                      "shuffling and augmentation.")
 flags.DEFINE_bool("strict", _D.strict, "Fail on any bad image instead of "

@@ -75,6 +75,7 @@ class TrainConfig:
     feature_shard_size: int = 512
     max_pixels: int = scan_lib.DEFAULT_MAX_PIXELS
     export: str = ""  # Comma list of keras, saved_model, tflite, tflite_int8.
+    data_service_address: str = None  # grpc://host:port of a tf.data service.
     seed: int = 0
     strict: bool = False
 
@@ -344,8 +345,10 @@ def load_data(config, size, timings):
                           data.class_names)
     return TrainingData(
         data.class_names,
-        examples_lib.FileExamples(data.train, size, config.resize),
-        examples_lib.FileExamples(data.validation, size, config.resize),
+        examples_lib.FileExamples(data.train, size, config.resize,
+                                  config.data_service_address),
+        examples_lib.FileExamples(data.validation, size, config.resize,
+                                  config.data_service_address),
         data.skipped, data.presplit, data.scan_cached, "split.csv")
 
 

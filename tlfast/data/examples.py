@@ -8,6 +8,7 @@ cached/shuffled pixel pipeline (fine-tuning). Both decode through
 same pixels.
 """
 
+import dataclasses
 import hashlib
 import os
 
@@ -20,9 +21,20 @@ from tlfast.data import pipeline
 class FileExamples:
     """Scanned image files of one split."""
 
-    def __init__(self, entries, image_size, resize="crop"):
+    def __init__(self, entries, image_size, resize="crop", service=None):
         self.entries = list(entries)
         self.image_size, self.resize = image_size, resize
+        # tf.data service address: decoding then runs on its workers.
+        self.service = service
+
+    def _decoded(self, entries, indices=None):
+        ds = pipeline.files_dataset(entries, self.image_size, self.resize,
+                                    indices=indices)
+        if self.service:
+            from tlfast.data import service
+
+            ds = service.distribute(ds, self.service)
+        return ds
 
     def __len__(self):
         return len(self.entries)
@@ -43,14 +55,21 @@ class FileExamples:
     def batched(self, indices, batch_size):
         """{"image": uint8 [B, S, S, 3], "label", "index"} for `indices`, in order."""
         subset = [self.entries[i] for i in indices]
-        ds = pipeline.files_dataset(subset, self.image_size, self.resize,
-                                    indices=indices)
-        return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+        return self._decoded(subset, indices).batch(batch_size).prefetch(
+            tf.data.AUTOTUNE)
 
     def pixels(self, config, *, training):
         """The cached, (shuffled,) batched pipeline of the whole split."""
-        return pipeline.image_folder_dataset(self.entries, config,
-                                             training=training)
+        if not self.service:
+            return pipeline.image_folder_dataset(self.entries, config,
+                                                 training=training)
+        # Served elements arrive in any order: cache in RAM or not at all
+        # (a disk cache keyed by content would freeze one arbitrary order).
+        config = dataclasses.replace(
+            config, cache="memory" if pipeline.choose_cache(
+                len(self), config) == "memory" else "none")
+        return pipeline.finish(self._decoded(self.entries), len(self), config,
+                               training=training)
 
 
 class TfdsExamples:

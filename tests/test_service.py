@@ -1,0 +1,51 @@
+import dataclasses
+
+import keras
+import pytest
+
+from conftest import make_folder
+from test_backbones import register_tiny_backbone
+from tlfast import training
+from tlfast.data import service
+
+
+@pytest.fixture(scope="module")
+def local_service():
+    dispatcher, workers = service.start_local_service(num_workers=2)
+    yield dispatcher.target
+    for server in workers + [dispatcher]:
+        server._stop()
+
+
+def test_training_through_the_data_service_matches_local(tmp_path, local_service):
+    register_tiny_backbone()
+    root = make_folder(tmp_path / "data", {"a": 20, "b": 20})
+    local = training.TrainConfig(
+        data_dir=str(root), output_dir=str(tmp_path / "local"),
+        cache_dir=str(tmp_path / "cache_local"), backbone="tiny_test",
+        weights=None, image_size=32, epochs=5, batch_size=8)
+    served = dataclasses.replace(
+        local, output_dir=str(tmp_path / "served"),
+        cache_dir=str(tmp_path / "cache_served"),
+        data_service_address=local_service)
+    keras.utils.set_random_seed(0)
+    a = training.run_training(local)
+    keras.utils.set_random_seed(0)
+    b = training.run_training(served)
+    assert b["backbone_images_forwarded"] == a["backbone_images_forwarded"] == 40
+    assert (b["num_train"], b["num_val"]) == (a["num_train"], a["num_val"])
+    assert b["val_accuracy"] == pytest.approx(a["val_accuracy"], abs=0.01)
+
+
+@pytest.mark.slow
+def test_fine_tuning_reads_pixels_through_the_service(tmp_path, local_service):
+    register_tiny_backbone()
+    root = make_folder(tmp_path / "data", {"a": 10, "b": 10})
+    config = training.TrainConfig(
+        data_dir=str(root), output_dir=str(tmp_path / "out"),
+        cache_dir=str(tmp_path / "cache"), backbone="tiny_test", weights=None,
+        image_size=32, epochs=2, batch_size=4, fine_tune_epochs=1,
+        data_service_address=local_service)
+    keras.utils.set_random_seed(0)
+    metrics = training.run_training(config)
+    assert 0.0 <= metrics["val_accuracy"] <= 1.0

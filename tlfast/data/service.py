@@ -1,0 +1,51 @@
+"""tf.data service: run the pixel pipeline (read, decode, resize) on worker processes.
+
+A dispatcher hands out the files; each worker decodes its share; the trainer
+receives finished uint8 batches. `distributed_epoch` processing gives every
+element to exactly one worker, so an epoch (and a feature extraction) sees
+each example exactly once; the order varies, which is why extraction
+matches outputs to ids by each element's "index".
+
+Local use:   tlfast-data-service --port=5050 --workers=2
+Then train:  tlfast-train ... --data_service_address=grpc://localhost:5050
+"""
+
+import tensorflow as tf
+
+
+def distribute(ds, address, job_name=None):
+    """Sends `ds`'s processing to the tf.data service at `address`.
+
+    Args:
+      ds: A dataset whose source is splittable (e.g. `from_tensor_slices`).
+      address: "grpc://host:port" of the dispatcher (or "host:port").
+      job_name: Optional shared job name (consumers of one job share its
+        elements).
+
+    Returns:
+      The distributed dataset: same element spec, every element once.
+    """
+    if "://" not in address:
+        address = "grpc://" + address
+    return ds.apply(tf.data.experimental.service.distribute(
+        processing_mode=tf.data.experimental.service.ShardingPolicy.DYNAMIC,
+        service=address, job_name=job_name))
+
+
+def start_local_service(num_workers=2, port=0):
+    """Starts a dispatcher and `num_workers` workers in this process.
+
+    Args:
+      num_workers: Worker servers to start.
+      port: Dispatcher port (0 picks a free one).
+
+    Returns:
+      (dispatcher, workers); `dispatcher.target` is the address to pass.
+    """
+    dispatcher = tf.data.experimental.service.DispatchServer(
+        tf.data.experimental.service.DispatcherConfig(port=port))
+    target = dispatcher.target.split("://")[1]
+    workers = [tf.data.experimental.service.WorkerServer(
+        tf.data.experimental.service.WorkerConfig(dispatcher_address=target))
+        for _ in range(num_workers)]
+    return dispatcher, workers
