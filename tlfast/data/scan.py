@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import struct
 import tempfile
 import time
@@ -166,6 +167,8 @@ def check_image(path, max_pixels=DEFAULT_MAX_PIXELS, skip_placeholders=True):
             data, channels=3, dtype=tf.uint8, expand_animations=False)
     except (tf.errors.InvalidArgumentError, tf.errors.ResourceExhaustedError) as e:
         message = str(e.message if hasattr(e, "message") else e).split("[Op:")[0]
+        # Drop TF's "{{function_node ...}}" prefix: it names the op, not the file.
+        message = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", message)
         return f"corrupt or truncated {fmt}: {message.strip()}", None
     height, width = int(image.shape[0]), int(image.shape[1])
     if height * width > max_pixels:
