@@ -273,3 +273,19 @@ def test_export_flag_writes_checked_exports(tiny_config):
 def test_unknown_export_format_fails_fast(tiny_config):
     with pytest.raises(ValueError, match="Unknown export format 'onnx'"):
         _run(dataclasses.replace(tiny_config, export="tflite,onnx"))
+
+
+def test_prepare_tfds_reads_the_folder_through_the_builder(tiny_config):
+    config = dataclasses.replace(tiny_config, prepare_tfds=True)
+    first = _run(config)
+    again = _run(config)
+    assert first["prepared_tfds"]["reused"] is False
+    assert again["prepared_tfds"]["reused"] is True
+    assert again["feature_cache"] == "hit"
+    # Same ids as the loose-file path: the feature cache is shared with it.
+    assert _run(tiny_config)["feature_cache"] == "hit"
+    touched = os.path.join(tiny_config.data_dir, "cats", "img_000.jpg")
+    os.utime(touched, ns=(10**9, 10**9))
+    changed = _run(config)
+    assert changed["prepared_tfds"]["reused"] is False
+    assert changed["backbone_images_forwarded"] == 1

@@ -79,6 +79,9 @@ flags.DEFINE_string("export", _D.export, "Comma list of export formats: "
 flags.DEFINE_string("data_service_address", _D.data_service_address,
                     "grpc://host:port of a tf.data service dispatcher (see "
                     "tlfast-data-service): decoding runs on its workers.")
+flags.DEFINE_bool("prepare_tfds", _D.prepare_tfds, "Read --data_dir through "
+                  "tlfast's TFDS image-folder builder: validated and prepared "
+                  "once, reused while the folder is unchanged.")
 flags.DEFINE_integer("seed", _D.seed, "Seed for split, initialisation, "
                      "shuffling and augmentation.")
 flags.DEFINE_bool("strict", _D.strict, "Fail on any bad image instead of "

@@ -76,6 +76,9 @@ class TrainConfig:
     max_pixels: int = scan_lib.DEFAULT_MAX_PIXELS
     export: str = ""  # Comma list of keras, saved_model, tflite, tflite_int8.
     data_service_address: str = None  # grpc://host:port of a tf.data service.
+    # Read a folder through tlfast's TFDS builder (prepared once under
+    # tfds_data_dir or <cache_dir>/tfds, re-prepared when the folder changes).
+    prepare_tfds: bool = False
     seed: int = 0
     strict: bool = False
 
@@ -327,12 +330,15 @@ class TrainingData:
     scan_cached: int = 0
     split_file: str = None
     tfds_splits: tuple = None
+    prepared_tfds: dict = None
 
 
 def load_data(config, size, timings):
     """Scans and splits a folder, or opens a TFDS dataset's splits."""
     if config.tfds_name:
         return load_tfds_data(config, size, timings)
+    if config.prepare_tfds:
+        return load_prepared_data(config, size, timings)
     with Phase("scan", timings=timings) as phase:
         data = prepare.prepare_folder(
             config.data_dir, validation_split=config.validation_split,
@@ -350,6 +356,43 @@ def load_data(config, size, timings):
         examples_lib.FileExamples(data.validation, size, config.resize,
                                   config.data_service_address),
         data.skipped, data.presplit, data.scan_cached, "split.csv")
+
+
+def load_prepared_data(config, size, timings):
+    """A folder read through the tlfast_image_folder TFDS builder."""
+    from tlfast.data import folder_builder
+
+    cache_dir = os.path.expanduser(config.cache_dir)
+    with Phase("prepare", timings=timings) as phase:
+        prepared = folder_builder.prepare_image_folder(
+            config.data_dir,
+            data_root=config.tfds_data_dir or os.path.join(cache_dir, "tfds"),
+            validation_split=config.validation_split, seed=config.seed,
+            cache_dir=cache_dir, strict=config.strict,
+            max_pixels=config.max_pixels,
+            progress=lambda done, total: phase.update(done, total))
+    prepare.log_skipped(prepared.skipped)
+    log.info("%s prepared TFDS data in %s", "Reusing" if prepared.reused
+             else "Wrote", prepared.data_dir)
+    sets, entries = {}, {}
+    for split in ("train", "validation"):
+        sets[split] = folder_builder.prepared_examples(prepared, split, size,
+                                                       config.resize)
+        ids, labels = prepared.index[split]
+        # FileEntry views of the records, for the split file and evaluation.
+        entries[split] = [
+            sources.FileEntry(os.path.join(prepared.root, i.split("|")[0]),
+                              i.split("|")[0], int(label))
+            for i, label in zip(ids, labels)]
+        sets[split].entries = entries[split]
+    split_lib.write_split(os.path.join(config.output_dir, "split.csv"),
+                          entries, prepared.class_names)
+    return TrainingData(
+        prepared.class_names, sets["train"], sets["validation"],
+        prepared.skipped, bool(prepared.builder.info.metadata.get("presplit")),
+        0, "split.csv", prepared_tfds={"data_dir": prepared.data_dir,
+                                       "reused": prepared.reused,
+                                       "fingerprint": prepared.fingerprint})
 
 
 def load_tfds_data(config, size, timings):
@@ -435,15 +478,17 @@ def run_training(config):
     start = time.perf_counter()
     timings = {}
     spec, size, canonical = check_config(config)
+    # Built first: a random initialisation then depends only on the seed,
+    # not on how much randomness loading the data happened to use.
+    with Phase("backbone", timings=timings):
+        backbone_model = backbones.create_backbone(spec.name, config.weights,
+                                                   size)
     data = load_data(config, size, timings)
     train, validation = data.train, data.validation
     log.info("%d classes, %d training and %d validation images",
              len(data.class_names), len(train), len(validation))
     check_free_space(os.path.expanduser(config.cache_dir),
                      estimate_cache_bytes(data, spec, size, config))
-    with Phase("backbone", timings=timings):
-        backbone_model = backbones.create_backbone(spec.name, config.weights,
-                                                   size)
     val_x, train_views, cache_status, forwarded, stats, digests = extract_all(
         train, validation, backbone_model, spec, size, canonical, config, timings)
     train_x = np.concatenate(train_views)
@@ -492,6 +537,7 @@ def run_training(config):
         "features_cached": sum(s.cached for s in stats),
         "scan_cached": data.scan_cached,
         "image_size": size,
+        "prepared_tfds": data.prepared_tfds,
         **report,
     }
     _write_json(os.path.join(config.output_dir, "metrics.json"), metrics)

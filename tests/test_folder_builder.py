@@ -1,0 +1,184 @@
+import dataclasses
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import make_folder
+from conftest import write_image
+from tlfast import prepare
+from tlfast.data import folder_builder
+from tlfast.data import pipeline
+from tlfast.data import scan
+
+try:
+    import dill  # noqa: F401  (tfds.testing imports it)
+except ImportError:
+    def test_tfds_builder_checks():
+        pytest.skip("tfds.testing needs dill: pip install dill")
+else:
+    # TFDS's own builder checks on dummy_data/, collected here by pytest.
+    from tlfast.data.image_folder import image_folder_dataset_builder_test
+
+    TlfastImageFolderTest = image_folder_dataset_builder_test.TlfastImageFolderTest
+
+
+@pytest.fixture
+def junk_folder(tmp_path):
+    """Two classes of 10 and 8 images, one junk '.jpg' that the scan skips."""
+    root = make_folder(tmp_path / "photos", {"cats": 10, "dogs": 8})
+    (root / "cats" / "junk.jpg").write_bytes(b"not an image")
+    return root
+
+
+def _prepare(folder, tmp_path, **kwargs):
+    return folder_builder.prepare_image_folder(
+        folder, data_root=tmp_path / "tfds", cache_dir=tmp_path / "cache",
+        **kwargs)
+
+
+def _file_id(root, relpath):
+    st = os.stat(os.path.join(root, relpath))
+    return f"{relpath}|{st.st_size}|{st.st_mtime_ns}"
+
+
+def _shards(prepared):
+    return sorted(name for name in os.listdir(prepared.data_dir)
+                  if ".tfrecord-" in name)
+
+
+def test_flat_folder_is_scanned_split_and_stored(junk_folder, tmp_path):
+    prepared = _prepare(junk_folder, tmp_path, validation_split=0.25, seed=3)
+    expected = prepare.prepare_folder(junk_folder, validation_split=0.25, seed=3)
+    assert not prepared.reused
+    assert prepared.class_names == ("cats", "dogs")
+    assert prepared.splits == ("train", "validation")
+    assert prepared.num_examples == {"train": len(expected.train),
+                                     "validation": len(expected.validation)}
+    assert [os.path.basename(s.path) for s in prepared.skipped] == ["junk.jpg"]
+    assert "unrecognised file header" in prepared.skipped[0].reason
+    assert prepared.data_dir.startswith(str(tmp_path / "tfds" /
+                                            "tlfast_image_folder" / "photos_"))
+    for split, entries in (("train", expected.train),
+                           ("validation", expected.validation)):
+        examples = folder_builder.prepared_examples(prepared, split, 16)
+        # Same split as prepare_folder's, ids as FileExamples spells them.
+        assert sorted(examples.ids) == sorted(
+            _file_id(junk_folder, e.relpath) for e in entries)
+        labels = {e.relpath: e.label for e in entries}
+        assert [labels[i.split("|")[0]] for i in examples.ids] == list(examples.labels)
+
+
+def test_images_equal_decode_of_the_original_bytes(junk_folder, tmp_path):
+    write_image(junk_folder / "dogs" / "wide.png", np.full((12, 40, 3), 7, np.uint8)
+                + np.arange(40, dtype=np.uint8)[None, :, None], fmt="PNG")
+    prepared = _prepare(junk_folder, tmp_path, validation_split=0.5)
+    seen_png = False
+    for split in prepared.splits:
+        examples = folder_builder.prepared_examples(prepared, split, 20, "crop")
+        wanted = list(range(len(examples)))[::-1]  # In any order.
+        if split == "train":
+            wanted = wanted[::2]  # And any subset.
+        seen = []
+        for batch in examples.batched(wanted, batch_size=3):
+            assert batch["image"].dtype == tf.uint8
+            for image, label, index in zip(batch["image"], batch["label"],
+                                           batch["index"].numpy()):
+                relpath = examples.ids[index].split("|")[0]
+                data = tf.io.read_file(str(junk_folder / relpath))
+                expected = pipeline.decode_image(data, 20, "crop")
+                np.testing.assert_array_equal(image.numpy(), expected.numpy())
+                assert int(label) == examples.labels[index]
+                seen.append(int(index))
+                seen_png |= relpath.endswith(".png")
+        assert sorted(seen) == sorted(wanted)
+    assert seen_png
+    config = pipeline.PipelineConfig(image_size=20, batch_size=4, resize="crop",
+                                     cache="none")
+    batches = list(examples.pixels(config, training=False))
+    labels = np.concatenate([b["label"].numpy() for b in batches])
+    np.testing.assert_array_equal(labels, examples.labels)
+
+
+def test_unchanged_folder_is_reused(junk_folder, tmp_path, caplog):
+    first = _prepare(junk_folder, tmp_path)
+    shards = {n: os.stat(os.path.join(first.data_dir, n)).st_mtime_ns
+              for n in _shards(first)}
+    with caplog.at_level("INFO", logger="tlfast"):
+        second = _prepare(junk_folder, tmp_path)
+    assert second.reused and not first.reused
+    assert "Reusing prepared data" in caplog.text
+    assert second.data_dir == first.data_dir
+    assert {n: os.stat(os.path.join(second.data_dir, n)).st_mtime_ns
+            for n in _shards(second)} == shards
+    assert second.num_examples == first.num_examples
+    assert second.skipped == first.skipped
+    assert second.index["train"][0] == first.index["train"][0]
+
+
+def test_touched_and_added_files_are_prepared_again(junk_folder, tmp_path):
+    first = _prepare(junk_folder, tmp_path)
+    touched = junk_folder / "dogs" / "img_000.jpg"
+    st = os.stat(touched)
+    os.utime(touched, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    second = _prepare(junk_folder, tmp_path)
+    assert not second.reused
+    assert second.fingerprint != first.fingerprint
+    assert not os.path.exists(first.data_dir)  # The replaced copy is gone.
+    ids = [i for split in second.splits for i in second.index[split][0]]
+    assert _file_id(junk_folder, "dogs/img_000.jpg") in ids
+    write_image(junk_folder / "cats" / "new.jpg")
+    third = _prepare(junk_folder, tmp_path)
+    assert not third.reused
+    assert sum(third.num_examples.values()) == sum(second.num_examples.values()) + 1
+    assert _prepare(junk_folder, tmp_path).reused
+    # Other split settings are another preparation, kept beside this one.
+    other = _prepare(junk_folder, tmp_path, seed=1)
+    assert not other.reused and other.data_dir != third.data_dir
+    assert _prepare(junk_folder, tmp_path).reused
+
+
+def test_presplit_folder_keeps_its_splits(tmp_path):
+    root = tmp_path / "split"
+    make_folder(root / "train", {"ants": 6, "bees": 5})
+    make_folder(root / "val", {"ants": 3, "bees": 2})
+    make_folder(root / "test", {"ants": 2, "bees": 2})
+    (root / "test" / "bees" / "empty.jpg").write_bytes(b"")
+    prepared = _prepare(root, tmp_path)
+    assert prepared.splits == ("train", "validation", "test")
+    assert prepared.num_examples == {"train": 11, "validation": 5, "test": 4}
+    assert [os.path.basename(s.path) for s in prepared.skipped] == ["empty.jpg"]
+    test = folder_builder.prepared_examples(prepared, "test", 8)
+    assert all(i.startswith("test/") for i in test.ids)
+    with pytest.raises(ValueError, match="no split 'holdout'"):
+        folder_builder.prepared_examples(prepared, "holdout", 8)
+
+
+def test_strict_refuses_bad_files_even_when_reusing(junk_folder, tmp_path):
+    with pytest.raises(scan.BadImagesError, match="junk.jpg"):
+        _prepare(junk_folder, tmp_path, strict=True)
+    assert not _prepare(junk_folder, tmp_path).reused
+    with pytest.raises(scan.BadImagesError, match="junk.jpg"):
+        _prepare(junk_folder, tmp_path, strict=True)
+
+
+def test_a_stale_index_is_rebuilt_or_caught(junk_folder, tmp_path):
+    prepared = _prepare(junk_folder, tmp_path)
+    path = os.path.join(prepared.data_dir, folder_builder.INDEX_FILE)
+    with open(path) as f:
+        index = json.load(f)
+    index["splits"]["train"]["ids"].pop()
+    with open(path, "w") as f:
+        json.dump(index, f)
+    # Counts disagree with the records: the index is read again from them.
+    ids, labels = _prepare(junk_folder, tmp_path).index["train"]
+    assert ids == prepared.index["train"][0]
+    np.testing.assert_array_equal(labels, prepared.index["train"][1])
+    ids = list(ids)
+    ids[0], ids[1] = ids[1], ids[0]
+    swapped = dataclasses.replace(prepared, index={"train": (tuple(ids), labels)})
+    examples = folder_builder.prepared_examples(swapped, "train", 8)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="index disagree"):
+        list(examples.batched(range(len(examples)), 4))

@@ -1,0 +1,394 @@
+"""Prepare an image folder once as a TFDS dataset, then read it fast.
+
+`prepare_image_folder` scans and splits a folder with the same rules as
+`tlfast.prepare.prepare_folder` and writes the usable images, still encoded,
+as TFDS records under
+
+    <data_root>/tlfast_image_folder/<folder name>_<fingerprint>/1.0.0/
+
+The fingerprint hashes every file's (relpath, size, mtime) and the split and
+scan settings, so an unchanged folder is found again ("reusing prepared data")
+and a touched, added or removed file leads to a new preparation (the one it
+replaces, same settings but older content, is deleted). `prepared_examples` reads a split back with the
+interface of `tlfast.data.examples.TfdsExamples`.
+"""
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import time
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from tlfast.data import pipeline
+from tlfast.data import scan as scan_lib
+from tlfast.data import sources
+from tlfast.data.image_folder import ImageFolderConfig
+from tlfast.data.image_folder import TlfastImageFolder
+
+log = logging.getLogger("tlfast")
+
+DATASET_NAME = TlfastImageFolder.name
+# Ids and labels of every split in record order, written beside the records
+# so that opening a split does not read all its images to learn its labels.
+INDEX_FILE = "tlfast_index.json"
+# One shard after the other: the record order is the order they were
+# written in, and the same in every process (the index relies on it). No
+# TFDS auto-cache: the pixel pipeline caches within tlfast's RAM budget.
+READ_CONFIG = tfds.ReadConfig(interleave_cycle_length=1, try_autocache=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class PreparedImageFolder:
+    """An image folder prepared as TFDS records.
+
+    Attributes:
+      builder: The `TlfastImageFolder` builder, ready for `as_dataset`.
+      class_names: Class names; labels index into them.
+      splits: Split names ("train", "validation"[, "test"]).
+      num_examples: Split name -> number of examples.
+      skipped: Every `Skipped` file (bad extension or failed the scan).
+      reused: True when this exact folder content was already prepared and
+        nothing was written.
+      data_dir: Folder of the prepared records.
+      root: The image folder.
+      fingerprint: The config name: folder name + content hash.
+      index: Split name -> (ids, int32 labels), in record order.
+    """
+
+    builder: object
+    class_names: tuple
+    splits: tuple
+    num_examples: dict
+    skipped: tuple
+    reused: bool
+    data_dir: str
+    root: str
+    fingerprint: str
+    index: dict = dataclasses.field(repr=False)
+
+
+def _slug(root):
+    name = re.sub(r"[^a-z0-9]+", "_", os.path.basename(root).lower()).strip("_")
+    return name[:40] or "folder"
+
+
+def folder_config(data_dir, *, validation_split=0.2, seed=0, cache_dir=None,
+                  max_pixels=scan_lib.DEFAULT_MAX_PIXELS, strict=False,
+                  progress=None):
+    """The `ImageFolderConfig` of a folder as it is now (lists it, reads no image).
+
+    Args: as for `prepare_image_folder`.
+
+    Returns:
+      An `ImageFolderConfig` named `<folder name>_<16 hex digits>`.
+
+    Raises:
+      FileNotFoundError: No such folder.
+      ValueError: Fewer than two class sub-folders.
+    """
+    folder = sources.list_image_folder(data_dir)
+    h = hashlib.sha256()
+    # Everything that changes what is stored: the builder's format, the
+    # scan's rules, the split settings and every file's identity.
+    h.update(f"{DATASET_NAME} {TlfastImageFolder.VERSION} scan "
+             f"{scan_lib.SCAN_CACHE_VERSION} {max_pixels} "
+             f"{float(validation_split)!r} {int(seed)} "
+             f"{json.dumps(folder.class_names)}\n".encode("utf-8"))
+    paths = [e.path for files in folder.splits.values() for e in files]
+    paths += [s.path for s in folder.skipped]
+    for path in sorted(paths):
+        relpath = os.path.relpath(path, folder.root).replace(os.sep, "/")
+        try:
+            st = os.stat(path)
+            line = f"{relpath}\0{st.st_size}\0{st.st_mtime_ns}\n"
+        except OSError:
+            line = f"{relpath}\0unreadable\n"
+        h.update(line.encode("utf-8", "surrogateescape"))
+    return ImageFolderConfig(
+        name=f"{_slug(folder.root)}_{h.hexdigest()[:16]}",
+        description=f"The image folder {folder.root}",
+        root=folder.root, class_names=tuple(folder.class_names),
+        validation_split=validation_split, seed=seed, max_pixels=max_pixels,
+        cache_dir=cache_dir, strict=strict, progress=progress)
+
+
+def _settings(config):
+    """What besides the folder's content decides the records (as JSON)."""
+    return [float(config.validation_split), int(config.seed),
+            int(config.max_pixels)]
+
+
+@contextlib.contextmanager
+def _locked(path, blocking=True):
+    """Holds an exclusive lock file; yields False when not blocking and busy.
+
+    Two processes preparing the same folder take turns: the second one then
+    reuses what the first wrote.
+    """
+    import fcntl  # POSIX only.
+
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            if not blocking:
+                yield False
+                return
+            log.info("Waiting for another process preparing the same folder "
+                     "(lock %s)", path)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield True
+    finally:
+        os.close(fd)
+
+
+def _remove_replaced(dataset_dir, config):
+    """Deletes older preparations of the same folder with the same settings.
+
+    Their content is gone, so they can never be reused, and each one is a full
+    copy of the images. Other settings (a seed sweep) are kept: still usable.
+    """
+    for name in os.listdir(dataset_dir):
+        path = os.path.join(dataset_dir, name)
+        if name == config.name or not os.path.isdir(path):
+            continue
+        metadata = os.path.join(path, str(TlfastImageFolder.VERSION),
+                                "metadata.json")
+        try:
+            with open(metadata) as f:
+                found = json.load(f)
+        except (OSError, ValueError):
+            continue
+        root = found.get("root")
+        if root != config.root or found.get("settings") != _settings(config):
+            continue
+        with _locked(path + ".lock", blocking=False) as held:
+            if held:  # Else another process is (re)preparing it: leave it.
+                log.info("Removing the replaced preparation of '%s': %s",
+                         root, path)
+                shutil.rmtree(path, ignore_errors=True)
+                os.remove(path + ".lock")
+
+
+def _read_index(builder):
+    """Ids and labels of every split in record order (reads no image)."""
+    index = {}
+    decoders = tfds.decode.PartialDecoding({"id": True, "label": True})
+    for split in builder.info.splits.keys():
+        ds = builder.as_dataset(split=split, shuffle_files=False,
+                                read_config=READ_CONFIG, decoders=decoders)
+        ids, labels = [], []
+        for batch in ds.batch(4096).as_numpy_iterator():
+            ids.extend(x.decode("utf-8") for x in batch["id"])
+            labels.extend(int(x) for x in batch["label"])
+        index[split] = {"ids": ids, "labels": labels}
+    return index
+
+
+def _load_index(builder, fingerprint):
+    """The index file, checked against the records; rebuilt when unusable."""
+    path = os.path.join(os.fspath(builder.data_path), INDEX_FILE)
+    splits = {name: info.num_examples
+              for name, info in builder.info.splits.items()}
+    try:
+        with open(path) as f:
+            data = json.load(f)
+        if (data["fingerprint"] == fingerprint and
+                {k: len(v["ids"]) for k, v in data["splits"].items()} == splits):
+            return data["splits"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    index = _read_index(builder)
+    try:
+        scan_lib.write_json_atomic(path, {"fingerprint": fingerprint,
+                                          "splits": index})
+    except OSError as e:  # A read-only copy still works, a little slower.
+        log.warning("Cannot write the prepared data's index '%s': %s", path, e)
+    return index
+
+
+def prepare_image_folder(data_dir, *, data_root, validation_split=0.2, seed=0,
+                         cache_dir=None, max_pixels=scan_lib.DEFAULT_MAX_PIXELS,
+                         strict=False, progress=None):
+    """Prepares an image folder as TFDS records once; reuses them while unchanged.
+
+    Args:
+      data_dir: Folder of class sub-folders, or with train/ and validation/
+        (or val/, and optionally test/) sub-folders of them.
+      data_root: TFDS data folder (e.g. `--tfds_data_dir`, or
+        `<cache_dir>/tfds`).
+      validation_split: Validation fraction for a folder without its own
+        validation folder (tlfast's stable, per-class hash split).
+      seed: Split seed.
+      cache_dir: Where the scan remembers its verdicts; None disables that.
+      max_pixels: Decompression-bomb guard.
+      strict: Fail on any bad file instead of skipping it (also when
+        reusing data prepared with skipped files).
+      progress: Optional callable(done, total) during the scan.
+
+    Returns:
+      A `PreparedImageFolder`.
+
+    Raises:
+      FileNotFoundError: No such folder.
+      ValueError: Unusable folder (see `tlfast.prepare.prepare_folder`).
+      tlfast.data.scan.BadImagesError: Bad files with `strict=True`.
+    """
+    config = folder_config(data_dir, validation_split=validation_split,
+                           seed=seed, cache_dir=cache_dir, max_pixels=max_pixels,
+                           strict=strict, progress=progress)
+    data_root = os.path.abspath(os.path.expanduser(os.fspath(data_root)))
+    dataset_dir = os.path.join(data_root, DATASET_NAME)
+    try:
+        os.makedirs(dataset_dir, exist_ok=True)
+    except OSError as e:
+        raise OSError(
+            f"Cannot create the prepared-data folder '{dataset_dir}': {e}. Pass "
+            "a writable data_root (--tfds_data_dir or --cache_dir).") from e
+    with _locked(os.path.join(dataset_dir, config.name + ".lock")):
+        # Built under the lock: a builder made before another process
+        # finished would not see its data.
+        builder = TlfastImageFolder(config=config, data_dir=data_root,
+                                    file_format="tfrecord")
+        reused = os.path.exists(os.path.join(os.fspath(builder.data_path),
+                                             "dataset_info.json"))
+        if reused:
+            log.info("Reusing prepared data for '%s' (unchanged since it was "
+                     "prepared): %s", config.root, builder.data_path)
+        else:
+            # What a killed preparation left behind (we hold its lock).
+            config_dir = os.path.join(dataset_dir, config.name)
+            for name in os.listdir(config_dir) if os.path.isdir(config_dir) else ():
+                if name.startswith("incomplete."):
+                    shutil.rmtree(os.path.join(config_dir, name), ignore_errors=True)
+            log.info("Preparing '%s' as TFDS records in %s", config.root,
+                     builder.data_path)
+            start = time.perf_counter()
+            builder.download_and_prepare(
+                download_dir=os.path.join(data_root, "downloads"),
+                download_config=tfds.download.DownloadConfig(
+                    try_download_gcs=False,
+                    compute_stats=tfds.download.ComputeStatsMode.SKIP))
+            log.info("Prepared %d images in %.1f s",
+                     builder.info.splits.total_num_examples,
+                     time.perf_counter() - start)
+        index = _load_index(builder, config.name)
+    if not reused:
+        _remove_replaced(dataset_dir, config)
+        if folder_config(data_dir, validation_split=validation_split, seed=seed,
+                         max_pixels=max_pixels).name != config.name:
+            log.warning("'%s' changed while it was being prepared; it will be "
+                        "prepared again on the next run.", config.root)
+    skipped = tuple(sources.Skipped(path, reason)
+                    for path, reason in builder.info.metadata["skipped"])
+    if strict and skipped:
+        raise scan_lib.BadImagesError(skipped)
+    splits = tuple(name for name in ("train", "validation", "test")
+                   if name in builder.info.splits)
+    return PreparedImageFolder(
+        builder=builder, class_names=tuple(config.class_names), splits=splits,
+        num_examples={s: builder.info.splits[s].num_examples for s in splits},
+        skipped=skipped, reused=reused, data_dir=os.fspath(builder.data_path),
+        root=config.root, fingerprint=config.name,
+        index={s: (tuple(index[s]["ids"]), np.array(index[s]["labels"], np.int32))
+               for s in splits})
+
+
+class PreparedExamples:
+    """One split of a prepared folder, as training wants it.
+
+    The interface of `tlfast.data.examples.TfdsExamples`; images are read
+    still encoded and decoded by `pipeline.decode_image`, so they equal the
+    pixels of the original files. Ids are the files' content ids, the same
+    as `FileExamples` gives, so both share the feature cache.
+    """
+
+    def __init__(self, prepared, split, image_size=224, resize="crop"):
+        if split not in prepared.splits:
+            raise ValueError(
+                f"The prepared folder '{prepared.root}' has no split "
+                f"'{split}'. Available: {list(prepared.splits)}")
+        self.prepared, self.split = prepared, split
+        self.image_size, self.resize = image_size, resize
+        self.class_names = prepared.class_names
+        ids, self.labels = prepared.index[split]
+        self._ids = list(ids)
+
+    def __len__(self):
+        return len(self._ids)
+
+    @property
+    def ids(self):
+        return list(self._ids)
+
+    def _raw(self):
+        return self.prepared.builder.as_dataset(
+            split=self.split, shuffle_files=False, read_config=READ_CONFIG,
+            decoders={"image": tfds.decode.SkipDecoding()})
+
+    def batched(self, indices, batch_size):
+        """{"image": uint8 [B, S, S, 3], "label", "index"} for `indices`.
+
+        Examples come in record order, whatever the order of `indices`;
+        "index" says which each one is.
+        """
+        mask = np.zeros(len(self), bool)
+        mask[np.asarray(list(indices), np.int64)] = True
+        mask = tf.constant(mask)
+        expected = tf.constant(self._ids or [""], tf.string)
+        size, resize = self.image_size, self.resize
+
+        def load(i, example):
+            return {"image": pipeline.decode_image(example["image"], size, resize),
+                    "label": tf.cast(example["label"], tf.int32),
+                    "index": tf.cast(i, tf.int32), "id": example["id"]}
+
+        def check(element):
+            # A stale index would pair features with the wrong ids in the
+            # feature cache: refuse rather than poison it.
+            element = dict(element)
+            found = element.pop("id")
+            with tf.control_dependencies([tf.debugging.assert_equal(
+                    found, tf.gather(expected, element["index"]),
+                    message="prepared data and its index disagree")]):
+                element["index"] = tf.identity(element["index"])
+            return element
+
+        ds = (self._raw().enumerate()
+              .filter(lambda i, _: tf.gather(mask, i))
+              .map(load, num_parallel_calls=tf.data.AUTOTUNE)
+              # As for files: a record that no longer decodes is dropped,
+              # never fatal; "index" keeps the others matched.
+              .ignore_errors(log_warning=True)
+              .map(check))
+        return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+    def pixels(self, config, *, training):
+        """The cached, (shuffled,) batched pipeline of the whole split."""
+        key = hashlib.sha256(
+            f"{DATASET_NAME}|{self.prepared.fingerprint}|{self.split}|"
+            f"{config.image_size}|{config.resize}".encode()).hexdigest()[:20]
+        size, resize = config.image_size, config.resize
+        ds = self._raw().map(
+            lambda e: {"image": pipeline.decode_image(e["image"], size, resize),
+                       "label": tf.cast(e["label"], tf.int32)},
+            num_parallel_calls=tf.data.AUTOTUNE).ignore_errors(log_warning=True)
+        return pipeline.finish(ds, len(self), config, training=training, key=key)
+
+
+def prepared_examples(prepared, split, image_size=224, resize="crop"):
+    """A `PreparedExamples` of one split ("train", "validation" or "test").
+
+    Raises:
+      ValueError: `prepared` has no such split.
+    """
+    return PreparedExamples(prepared, split, image_size, resize)
