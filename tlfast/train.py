@@ -82,6 +82,10 @@ flags.DEFINE_string("data_service_address", _D.data_service_address,
 flags.DEFINE_bool("prepare_tfds", _D.prepare_tfds, "Read --data_dir through "
                   "tlfast's TFDS image-folder builder: validated and prepared "
                   "once, reused while the folder is unchanged.")
+flags.DEFINE_enum("distribution", _D.distribution, ["none", "mirrored",
+                                                     "multi_worker", "tpu"],
+                  "tf.distribute strategy (TensorFlow backend): mirrored "
+                  "replicates over local GPUs (multi_worker/tpu: not yet).")
 flags.DEFINE_integer("seed", _D.seed, "Seed for split, initialisation, "
                      "shuffling and augmentation.")
 flags.DEFINE_bool("strict", _D.strict, "Fail on any bad image instead of "

@@ -22,6 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from tlfast import backbones
+from tlfast import distribute
 from tlfast import features as features_lib
 from tlfast import head as head_lib
 from tlfast import model as model_lib
@@ -79,6 +80,7 @@ class TrainConfig:
     # Read a folder through tlfast's TFDS builder (prepared once under
     # tfds_data_dir or <cache_dir>/tfds, re-prepared when the folder changes).
     prepare_tfds: bool = False
+    distribution: str = "none"  # none | mirrored (tf.distribute, TF backend).
     seed: int = 0
     strict: bool = False
 
@@ -138,6 +140,7 @@ def check_config(config):
             f"Weights file not found: '{weights}'. Pass imagenet, none, or a "
             f"path to a .weights.h5 / .h5 file. Received: weights={weights!r}")
     head_config(config)  # Validates the head settings.
+    distribute.check_distribution(config.distribution)
     known = ("keras", "saved_model", "tflite", "tflite_int8")
     for fmt in (f.strip() for f in config.export.split(",") if f.strip()):
         if fmt not in known:
@@ -475,6 +478,23 @@ def run_training(config):
     Returns:
       The metrics dict also written to `<output_dir>/metrics.json`.
     """
+    check_config(config)
+    strategy = distribute.make_strategy(config.distribution)
+    replicas = distribute.num_replicas(strategy)
+    if replicas > 1:
+        # Linear scaling: the per-replica batch stays as asked.
+        log.info("%d replicas: global batch and learning rates x%d",
+                 replicas, replicas)
+        config = dataclasses.replace(
+            config, batch_size=config.batch_size * replicas,
+            head_batch_size=config.head_batch_size * replicas,
+            learning_rate=config.learning_rate * replicas,
+            fine_tune_learning_rate=config.fine_tune_learning_rate * replicas)
+    with distribute.strategy_scope(strategy):
+        return _run_training(config, replicas)
+
+
+def _run_training(config, replicas):
     start = time.perf_counter()
     timings = {}
     spec, size, canonical = check_config(config)
@@ -546,6 +566,7 @@ def run_training(config):
         "resolved": {"backbone": spec.name, "image_size": size,
                      "augment": canonical,
                      "precision": keras.mixed_precision.global_policy().name,
+                     "replicas": replicas,
                      "weights_identity": digests and weights_fingerprint(
                          config.weights, backbone_model)},
         "versions": {"tensorflow": tf.__version__, "keras": keras.__version__,
