@@ -20,7 +20,6 @@ import pytest
 from conftest import encode
 from conftest import make_folder
 from conftest import noise_image
-from conftest import write_image
 from test_backbones import register_tiny_backbone
 from tlfast import training
 from tlfast.data import scan

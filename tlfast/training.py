@@ -5,11 +5,8 @@ is the absl-flags script around it (it alone sets the precision policy and
 the global seed).
 """
 
-import csv
 import hashlib
-import io
 import dataclasses
-import json
 import logging
 import os
 import platform
@@ -26,13 +23,11 @@ from tlfast import distribute
 from tlfast import features as features_lib
 from tlfast import head as head_lib
 from tlfast import model as model_lib
-from tlfast import prepare
+from tlfast import run_data
+from tlfast import run_outputs
 from tlfast.data import augment as augment_lib
-from tlfast.data import examples as examples_lib
-from tlfast.data import sources
 from tlfast.data import pipeline
 from tlfast.data import scan as scan_lib
-from tlfast.data import split as split_lib
 from tlfast.progress import EpochLogger
 from tlfast.progress import Phase
 
@@ -294,180 +289,6 @@ def fine_tune(classifier, backbone_model, spec, train, validation, size, config,
     return history.history
 
 
-def _write_history(path, stages):
-    rows = []
-    for stage, history in stages:
-        for epoch in range(len(next(iter(history.values()), []))):
-            rows.append({"stage": stage, "epoch": epoch + 1,
-                         **{k: float(v[epoch]) for k, v in history.items()}})
-    fields = ["stage", "epoch"] + sorted({k for r in rows for k in r} -
-                                         {"stage", "epoch"})
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fields)
-    writer.writeheader()
-    writer.writerows(rows)
-    _write_text(path, buffer.getvalue())
-
-
-def _write_json(path, obj):
-    _write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str))
-
-
-def _write_text(path, text):
-    """Atomic write: a reader never sees a half-written file."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-")
-    with os.fdopen(fd, "w", newline="") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainingData:
-    """The two example sets of a run and what is known about them."""
-
-    class_names: tuple
-    train: object  # `tlfast.data.examples.FileExamples` or `TfdsExamples`.
-    validation: object
-    skipped: tuple = ()
-    presplit: bool = False
-    scan_cached: int = 0
-    split_file: str = None
-    tfds_splits: tuple = None
-    prepared_tfds: dict = None
-
-
-def load_data(config, size, timings):
-    """Scans and splits a folder, or opens a TFDS dataset's splits."""
-    if config.tfds_name:
-        return load_tfds_data(config, size, timings)
-    if config.prepare_tfds:
-        return load_prepared_data(config, size, timings)
-    with Phase("scan", timings=timings) as phase:
-        data = prepare.prepare_folder(
-            config.data_dir, validation_split=config.validation_split,
-            seed=config.seed, cache_dir=os.path.expanduser(config.cache_dir),
-            strict=config.strict, max_pixels=config.max_pixels,
-            progress=lambda done, total: phase.update(done, total))
-    prepare.log_skipped(data.skipped)
-    split_lib.write_split(os.path.join(config.output_dir, "split.csv"),
-                          {"train": data.train, "validation": data.validation},
-                          data.class_names)
-    return TrainingData(
-        data.class_names,
-        examples_lib.FileExamples(data.train, size, config.resize,
-                                  config.data_service_address),
-        examples_lib.FileExamples(data.validation, size, config.resize,
-                                  config.data_service_address),
-        data.skipped, data.presplit, data.scan_cached, "split.csv")
-
-
-def load_prepared_data(config, size, timings):
-    """A folder read through the tlfast_image_folder TFDS builder."""
-    from tlfast.data import folder_builder
-
-    cache_dir = os.path.expanduser(config.cache_dir)
-    with Phase("prepare", timings=timings) as phase:
-        prepared = folder_builder.prepare_image_folder(
-            config.data_dir,
-            data_root=config.tfds_data_dir or os.path.join(cache_dir, "tfds"),
-            validation_split=config.validation_split, seed=config.seed,
-            cache_dir=cache_dir, strict=config.strict,
-            max_pixels=config.max_pixels,
-            progress=lambda done, total: phase.update(done, total))
-    prepare.log_skipped(prepared.skipped)
-    log.info("%s prepared TFDS data in %s", "Reusing" if prepared.reused
-             else "Wrote", prepared.data_dir)
-    sets, entries = {}, {}
-    for split in ("train", "validation"):
-        sets[split] = folder_builder.prepared_examples(prepared, split, size,
-                                                       config.resize)
-        ids, labels = prepared.index[split]
-        # FileEntry views of the records, for the split file and evaluation.
-        entries[split] = [
-            sources.FileEntry(os.path.join(prepared.root, i.split("|")[0]),
-                              i.split("|")[0], int(label))
-            for i, label in zip(ids, labels)]
-        sets[split].entries = entries[split]
-    split_lib.write_split(os.path.join(config.output_dir, "split.csv"),
-                          entries, prepared.class_names)
-    return TrainingData(
-        prepared.class_names, sets["train"], sets["validation"],
-        prepared.skipped, bool(prepared.builder.info.metadata.get("presplit")),
-        0, "split.csv", prepared_tfds={"data_dir": prepared.data_dir,
-                                       "reused": prepared.reused,
-                                       "fingerprint": prepared.fingerprint})
-
-
-def load_tfds_data(config, size, timings):
-    """Train and validation splits of `config.tfds_name`.
-
-    Uses the dataset's own validation split when it has one, else the last
-    `validation_split` of "train" (TFDS slicing is deterministic).
-    """
-    with Phase("tfds", timings=timings):
-        builder = sources.tfds_builder(config.tfds_name, config.tfds_data_dir)
-        if "validation" in builder.info.splits:
-            splits = ("train", "validation")
-        else:
-            cut = round(100 * (1 - config.validation_split))
-            splits = (f"train[:{cut}%]", f"train[{cut}%:]")
-        train, validation = (
-            examples_lib.TfdsExamples(config.tfds_name, split,
-                                      config.tfds_data_dir, size, config.resize,
-                                      download=False)
-            for split in splits)
-    return TrainingData(train.class_names, train, validation, tfds_splits=splits)
-
-
-def finish_run(classifier, data, size, config, timings, val_probs=None):
-    """Curves, an evaluation from pixels, and the requested exports.
-
-    Returns:
-      Entries for metrics.json: "evaluation" (accuracy from pixels, top-k,
-      per-class scores; the full report is in evaluation.json) and "exports"
-      (paths and parity per format).
-    """
-    from tlfast import evaluate
-    from tlfast import export
-    from tlfast import plots
-
-    out = config.output_dir
-    report = {}
-    plots.plot_training_curves(os.path.join(out, "history.csv"),
-                               os.path.join(out, "training_curves.png"))
-    val_entries = getattr(data.validation, "entries", None)
-    if val_entries is not None:
-        with Phase("evaluate", total=len(val_entries), timings=timings):
-            if val_probs is not None:
-                # The frozen backbone's validation features are cached: the
-                # head's predictions on them are the model's predictions.
-                result = evaluate.report_from_probabilities(
-                    val_probs, val_entries, data.class_names, out,
-                    metrics_file="evaluation.json")
-            else:
-                result = evaluate.evaluate_model(
-                    classifier, val_entries, data.class_names, out,
-                    batch_size=config.batch_size, resize=config.resize,
-                    metrics_file="evaluation.json")
-        report["evaluation"] = {k: result[k] for k in (
-            "accuracy", "top_k", "top_k_accuracy") if k in result}
-    formats = [f.strip() for f in config.export.split(",") if f.strip()]
-    if formats:
-        with Phase("export", timings=timings):
-            train_entries = getattr(data.train, "entries", None)
-            representative = validation = None
-            if train_entries is not None:
-                representative = export.decode_entries(
-                    train_entries, size, config.resize, limit=100)[0]
-                validation = export.decode_entries(val_entries, size,
-                                                   config.resize)
-            report["exports"] = export.export_model(
-                classifier, formats, os.path.join(out, "export"),
-                class_names=data.class_names, representative=representative,
-                validation=validation, batch_size=config.batch_size)
-    return report
-
-
 def run_training(config):
     """Runs the whole job; see the module docstring.
 
@@ -503,7 +324,7 @@ def _run_training(config, replicas):
     with Phase("backbone", timings=timings):
         backbone_model = backbones.create_backbone(spec.name, config.weights,
                                                    size)
-    data = load_data(config, size, timings)
+    data = run_data.load_data(config, size, timings)
     train, validation = data.train, data.validation
     log.info("%d classes, %d training and %d validation images",
              len(data.class_names), len(train), len(validation))
@@ -537,12 +358,12 @@ def _run_training(config, replicas):
         tmp_model = os.path.join(config.output_dir, ".tmp-model.keras")
         classifier.save(tmp_model)
         os.replace(tmp_model, os.path.join(config.output_dir, "model.keras"))
-        _write_text(os.path.join(config.output_dir, "labels.txt"),
+        run_outputs.write_text(os.path.join(config.output_dir, "labels.txt"),
                     "\n".join(data.class_names) + "\n")
-        _write_history(os.path.join(config.output_dir, "history.csv"), stages)
+        run_outputs.write_history(os.path.join(config.output_dir, "history.csv"), stages)
     val_probs = None if config.fine_tune_epochs else head.predict(
         val_x, batch_size=4096, verbose=0)
-    report = finish_run(classifier, data, size, config, timings, val_probs)
+    report = run_outputs.finish_run(classifier, data, size, config, timings, val_probs)
     timings["total"] = round(time.perf_counter() - start, 3)
     metrics = {
         "val_accuracy": val_accuracy,
@@ -560,8 +381,8 @@ def _run_training(config, replicas):
         "prepared_tfds": data.prepared_tfds,
         **report,
     }
-    _write_json(os.path.join(config.output_dir, "metrics.json"), metrics)
-    _write_json(os.path.join(config.output_dir, "run.json"), {
+    run_outputs.write_json(os.path.join(config.output_dir, "metrics.json"), metrics)
+    run_outputs.write_json(os.path.join(config.output_dir, "run.json"), {
         "config": dataclasses.asdict(config),
         "resolved": {"backbone": spec.name, "image_size": size,
                      "augment": canonical,

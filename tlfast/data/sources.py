@@ -197,13 +197,29 @@ class TfdsSource:
     num_examples: int
 
 
+# TFDS's own mirror; most datasets, and TFDS metadata, come from there.
+NETWORK_PROBE = ("storage.googleapis.com", 443)
+
+
+def _probe_network(timeout=5.0):
+    """Fails in milliseconds without network, where a download would retry."""
+    import socket
+
+    try:
+        socket.create_connection(NETWORK_PROBE, timeout=timeout).close()
+    except OSError as e:
+        raise OSError(f"no network connection ({NETWORK_PROBE[0]} is "
+                      f"unreachable: {e})") from e
+
+
 def tfds_builder(name, data_dir=None, download=True):
     """A prepared TFDS builder, or a RuntimeError naming the offline options."""
     import tensorflow_datasets as tfds
 
     try:
         builder = tfds.builder(name, data_dir=data_dir)
-        if download:
+        if download and not builder.is_prepared():
+            _probe_network()
             builder.download_and_prepare()
         return builder
     except Exception as e:  # TFDS raises many kinds; all end the same way.

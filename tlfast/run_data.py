@@ -1,0 +1,111 @@
+"""What a training run trains on: a scanned folder, a prepared TFDS folder, or a TFDS dataset."""
+
+import dataclasses
+import logging
+import os
+
+from tlfast import prepare
+from tlfast.data import examples as examples_lib
+from tlfast.data import sources
+from tlfast.data import split as split_lib
+from tlfast.progress import Phase
+
+log = logging.getLogger("tlfast")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingData:
+    """The two example sets of a run and what is known about them."""
+
+    class_names: tuple
+    train: object  # `tlfast.data.examples.FileExamples` or `TfdsExamples`.
+    validation: object
+    skipped: tuple = ()
+    presplit: bool = False
+    scan_cached: int = 0
+    split_file: str = None
+    tfds_splits: tuple = None
+    prepared_tfds: dict = None
+
+
+def load_data(config, size, timings):
+    """Scans and splits a folder, or opens a TFDS dataset's splits."""
+    if config.tfds_name:
+        return load_tfds_data(config, size, timings)
+    if config.prepare_tfds:
+        return load_prepared_data(config, size, timings)
+    with Phase("scan", timings=timings) as phase:
+        data = prepare.prepare_folder(
+            config.data_dir, validation_split=config.validation_split,
+            seed=config.seed, cache_dir=os.path.expanduser(config.cache_dir),
+            strict=config.strict, max_pixels=config.max_pixels,
+            progress=lambda done, total: phase.update(done, total))
+    prepare.log_skipped(data.skipped)
+    split_lib.write_split(os.path.join(config.output_dir, "split.csv"),
+                          {"train": data.train, "validation": data.validation},
+                          data.class_names)
+    return TrainingData(
+        data.class_names,
+        examples_lib.FileExamples(data.train, size, config.resize,
+                                  config.data_service_address),
+        examples_lib.FileExamples(data.validation, size, config.resize,
+                                  config.data_service_address),
+        data.skipped, data.presplit, data.scan_cached, "split.csv")
+
+
+def load_prepared_data(config, size, timings):
+    """A folder read through the tlfast_image_folder TFDS builder."""
+    from tlfast.data import folder_builder
+
+    cache_dir = os.path.expanduser(config.cache_dir)
+    with Phase("prepare", timings=timings) as phase:
+        prepared = folder_builder.prepare_image_folder(
+            config.data_dir,
+            data_root=config.tfds_data_dir or os.path.join(cache_dir, "tfds"),
+            validation_split=config.validation_split, seed=config.seed,
+            cache_dir=cache_dir, strict=config.strict,
+            max_pixels=config.max_pixels,
+            progress=lambda done, total: phase.update(done, total))
+    prepare.log_skipped(prepared.skipped)
+    log.info("%s prepared TFDS data in %s", "Reusing" if prepared.reused
+             else "Wrote", prepared.data_dir)
+    sets, entries = {}, {}
+    for split in ("train", "validation"):
+        sets[split] = folder_builder.prepared_examples(prepared, split, size,
+                                                       config.resize)
+        ids, labels = prepared.index[split]
+        # FileEntry views of the records, for the split file and evaluation.
+        entries[split] = [
+            sources.FileEntry(os.path.join(prepared.root, i.split("|")[0]),
+                              i.split("|")[0], int(label))
+            for i, label in zip(ids, labels)]
+        sets[split].entries = entries[split]
+    split_lib.write_split(os.path.join(config.output_dir, "split.csv"),
+                          entries, prepared.class_names)
+    return TrainingData(
+        prepared.class_names, sets["train"], sets["validation"],
+        prepared.skipped, bool(prepared.builder.info.metadata.get("presplit")),
+        0, "split.csv", prepared_tfds={"data_dir": prepared.data_dir,
+                                       "reused": prepared.reused,
+                                       "fingerprint": prepared.fingerprint})
+
+
+def load_tfds_data(config, size, timings):
+    """Train and validation splits of `config.tfds_name`.
+
+    Uses the dataset's own validation split when it has one, else the last
+    `validation_split` of "train" (TFDS slicing is deterministic).
+    """
+    with Phase("tfds", timings=timings):
+        builder = sources.tfds_builder(config.tfds_name, config.tfds_data_dir)
+        if "validation" in builder.info.splits:
+            splits = ("train", "validation")
+        else:
+            cut = round(100 * (1 - config.validation_split))
+            splits = (f"train[:{cut}%]", f"train[{cut}%:]")
+        train, validation = (
+            examples_lib.TfdsExamples(config.tfds_name, split,
+                                      config.tfds_data_dir, size, config.resize,
+                                      download=False)
+            for split in splits)
+    return TrainingData(train.class_names, train, validation, tfds_splits=splits)
