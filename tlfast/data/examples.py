@@ -89,13 +89,7 @@ class TfdsExamples:
         self.image_size, self.resize = image_size, resize
         builder = sources.tfds_builder(name, data_dir, download)
         self.version = str(builder.info.version)
-        features = builder.info.features
-        if "image" not in features or "label" not in features:
-            raise ValueError(
-                f"TFDS dataset '{name}' has no 'image' and 'label' features, so "
-                "it is not an image-classification dataset. Received features: "
-                f"{list(features.keys())}")
-        self.class_names = tuple(features["label"].names)
+        self.class_names = sources.tfds_class_names(builder)
         raw = builder.as_dataset(
             split=split, shuffle_files=False,
             decoders={"image": tfds.decode.SkipDecoding()})

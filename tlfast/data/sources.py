@@ -231,6 +231,21 @@ def tfds_builder(name, data_dir=None, download=True):
             "with --data_dir=<folder of class sub-folders>.") from e
 
 
+def tfds_class_names(builder):
+    """Class names of a TFDS image-classification builder.
+
+    Raises:
+      ValueError: The dataset has no "image" + "label" features.
+    """
+    features = builder.info.features
+    if "image" not in features or "label" not in features:
+        raise ValueError(
+            f"TFDS dataset '{builder.name}' has no 'image' and 'label' features, "
+            "so it is not an image-classification dataset. Received features: "
+            f"{list(features.keys())}")
+    return tuple(features["label"].names)
+
+
 def load_tfds(name, split="train", data_dir=None, download=True):
     """Loads a TFDS image-classification dataset in tlfast's element format.
 
@@ -251,12 +266,7 @@ def load_tfds(name, split="train", data_dir=None, download=True):
     import tensorflow as tf
 
     builder = tfds_builder(name, data_dir, download)
-    features = builder.info.features
-    if "image" not in features or "label" not in features:
-        raise ValueError(
-            f"TFDS dataset '{name}' has no 'image' and 'label' features, so it "
-            "is not an image-classification dataset. Received features: "
-            f"{list(features.keys())}")
+    class_names = tfds_class_names(builder)
     try:
         ds = builder.as_dataset(split=split, shuffle_files=False)
     except Exception as e:
@@ -269,4 +279,4 @@ def load_tfds(name, split="train", data_dir=None, download=True):
     ds = ds.map(
         lambda e: {"image": e["image"], "label": tf.cast(e["label"], tf.int32)},
         num_parallel_calls=tf.data.AUTOTUNE)
-    return TfdsSource(ds, tuple(features["label"].names), int(num_examples))
+    return TfdsSource(ds, class_names, int(num_examples))
