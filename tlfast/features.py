@@ -370,8 +370,45 @@ class FeatureCache:
                     if name.startswith(".tmp-"))
 
 
+def _model_on_cpu():
+    """Whether Keras runs models on the CPU (no accelerator for its backend)."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        return jax.default_backend() == "cpu"
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return not (tf.config.list_logical_devices("GPU")
+                    or tf.config.list_logical_devices("TPU"))
+    if backend == "torch":
+        import torch
+
+        return not torch.cuda.is_available()
+    return True
+
+
+def _batches(make_dataset, indices, chunk_size, overlap):
+    """The batches of `make_dataset(indices)`, decoded chunk by chunk unless
+    `overlap`."""
+    if not indices:
+        return
+    if overlap:
+        yield from make_dataset(indices)
+        return
+    for start in range(0, len(indices), chunk_size):
+        # Decode a whole chunk with every core, then run the model with every
+        # core. Decoding alongside a CPU model stalls the model's threads far
+        # more than the decoding costs: measured on 2 cores, ResNet50 reached
+        # 0.53 of its in-memory throughput overlapped, 0.95 chunked.
+        yield from list(make_dataset(indices[start:start + chunk_size]))
+
+
 def extract_features(ids, make_dataset, model, cache, *, shard_size=512,
-                     progress=None):
+                     progress=None, overlap=None):
     """Features for `ids` (in that order), computing only the missing ones.
 
     Holds `cache.lock()` throughout, so concurrent processes on one cache
@@ -391,6 +428,11 @@ def extract_features(ids, make_dataset, model, cache, *, shard_size=512,
       progress: Optional `progress(done, total, images_per_sec)`, called after
         each shard; `done` counts cached plus computed examples out of
         `total = len(ids)`; the rate is over this call's computed examples.
+      overlap: Whether the input pipeline decodes while the model runs
+        (True), or each `shard_size` chunk is decoded before the model sees
+        it (False; then `make_dataset` is called once per chunk and a chunk's
+        pixels are held in memory). None: overlap unless the model runs on
+        the CPU, where the two compete for the same cores.
 
     Returns:
       (features float32 [len(ids), D], `ExtractStats`). Computed features are
@@ -410,7 +452,9 @@ def extract_features(ids, make_dataset, model, cache, *, shard_size=512,
         features, found = cache.lookup(ids)
         missing = np.flatnonzero(~found).tolist()
         written, pending, done = [], [], 0  # This call's shards; forwarded.
-        for batch in (make_dataset(missing) if missing else ()):
+        if overlap is None:
+            overlap = not _model_on_cpu()
+        for batch in _batches(make_dataset, missing, shard_size, overlap):
             if "index" in batch:
                 # Indexed elements stay matched to their ids even when the
                 # pipeline drops an example (a file broken since the scan).
