@@ -10,12 +10,13 @@ confusion_matrix.png and predictions.csv into --output_dir. When
 named evaluation.json instead, so the run's own metrics.json is kept.
 """
 
-import logging
 import os
 import sys
 
 from absl import app
 from absl import flags
+
+from tlfast import progress
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, "model.keras written by tlfast-train (or "
@@ -40,9 +41,7 @@ flags.DEFINE_string("cache_dir", os.path.join("~", ".cache", "tlfast"),
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
-    # TF's own INFO lines (SavedModel assets, tracing) drown ours.
-    logging.getLogger("tensorflow").setLevel(logging.WARNING)
+    progress.configure_script_logging()
     from tlfast import evaluate
     from tlfast import predict
 

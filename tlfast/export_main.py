@@ -18,6 +18,8 @@ import sys
 from absl import app
 from absl import flags
 
+from tlfast import progress
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, "model.keras written by tlfast-train (or "
                     "its run folder).")
@@ -60,9 +62,7 @@ def run_entries(run, data_dir):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
-    # TF's own INFO lines (SavedModel assets, tracing) drown ours.
-    logging.getLogger("tensorflow").setLevel(logging.WARNING)
+    progress.configure_script_logging()
     from tlfast import export
     from tlfast import predict
 

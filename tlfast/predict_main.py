@@ -12,12 +12,13 @@ reason in <output>.skipped.csv when there are any.
 """
 
 import csv
-import logging
 import os
 import sys
 
 from absl import app
 from absl import flags
+
+from tlfast import progress
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, "model.keras written by tlfast-train (or "
@@ -44,9 +45,7 @@ def _write_skipped(path, skipped):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
-    # TF's own INFO lines (SavedModel assets, tracing) drown ours.
-    logging.getLogger("tensorflow").setLevel(logging.WARNING)
+    progress.configure_script_logging()
     from tlfast import predict
 
     skipped_path = FLAGS.output + ".skipped.csv"

@@ -8,13 +8,13 @@ Frozen-backbone features are cached under --cache_dir, so re-runs and head
 experiments skip the backbone entirely.
 """
 
-import logging
 import os
 import sys
 
 from absl import app
 from absl import flags
 
+from tlfast import progress
 from tlfast.training import TrainConfig
 
 _D = TrainConfig()
@@ -100,7 +100,7 @@ def config_from_flags():
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
+    progress.configure_script_logging()
     import keras
 
     from tlfast import precision
