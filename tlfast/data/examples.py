@@ -10,7 +10,6 @@ same pixels.
 
 import dataclasses
 import hashlib
-import os
 
 import numpy as np
 import tensorflow as tf
@@ -41,12 +40,9 @@ class FileExamples:
 
     @property
     def ids(self):
-        # Content identity: a changed file gets a new id and is recomputed.
-        out = []
-        for entry in self.entries:
-            st = os.stat(entry.path)
-            out.append(f"{entry.relpath}|{st.st_size}|{st.st_mtime_ns}")
-        return out
+        from tlfast import features
+
+        return [features.example_id(entry) for entry in self.entries]
 
     @property
     def labels(self):
