@@ -51,6 +51,28 @@ def test_early_stopping_restores_the_best_epoch():
     assert final == pytest.approx(best, rel=1e-3)
 
 
+def test_epoch_logs_are_means_over_the_whole_epoch():
+    # No dropout and a vanishing learning rate: every step sees the same
+    # weights, so the epoch's loss must equal the loss over all examples; a
+    # value from the last step only (or summed over epochs) would not. 200
+    # examples in steps of 64 end with a smaller batch of 8.
+    x, y = _blobs()
+    vx, vy = _blobs(seed=3, n=50)
+    config = head_lib.HeadConfig(epochs=3, batch_size=64, dropout=0.0,
+                                 learning_rate=1e-12, patience=0)
+    head = head_lib.build_head(16, 3, config)
+    history = head_lib.train_head(head, (x, y), (vx, vy), config).history
+    train = head.evaluate(x, y, verbose=0, return_dict=True)
+    val = head.evaluate(vx, vy, verbose=0, return_dict=True)
+    for epoch in range(3):
+        assert history["loss"][epoch] == pytest.approx(train["loss"], rel=1e-4)
+        assert history["accuracy"][epoch] == pytest.approx(train["accuracy"])
+        assert history["val_loss"][epoch] == pytest.approx(val["loss"], rel=1e-4)
+        assert history["val_accuracy"][epoch] == pytest.approx(val["accuracy"])
+    # The model's own reset_metrics is back after training.
+    assert "reset_metrics" not in vars(head)
+
+
 def test_label_smoothing_compiles_and_trains():
     x, y = _blobs()
     head = head_lib.build_head(16, 3)

@@ -55,7 +55,7 @@ def test_outputs_and_metrics(tiny_config):
         metrics["val_accuracy"], abs=1e-6)
     assert metrics["feature_cache"] == "miss"
     assert metrics["backbone_images_forwarded"] == 24
-    assert {"scan", "extract", "head", "save", "total"} <= set(metrics["timings_s"])
+    assert {"prepare", "extract", "head", "save", "total"} <= set(metrics["timings_s"])
     assert open(os.path.join(out, "labels.txt")).read().split() == ["cats", "dogs"]
     rows = list(csv.DictReader(open(os.path.join(out, "history.csv"))))
     assert [r["stage"] for r in rows] == ["head"] * len(rows) and rows
@@ -279,15 +279,20 @@ def test_unknown_export_format_fails_fast(tiny_config):
         _run(dataclasses.replace(tiny_config, export="tflite,onnx"))
 
 
-def test_prepare_tfds_reads_the_folder_through_the_builder(tiny_config):
-    config = dataclasses.replace(tiny_config, prepare_tfds=True)
+def test_data_dir_is_read_through_the_builder_by_default(tiny_config):
+    config = tiny_config
+    assert config.prepare_tfds
     first = _run(config)
     again = _run(config)
     assert first["prepared_tfds"]["reused"] is False
     assert again["prepared_tfds"]["reused"] is True
     assert again["feature_cache"] == "hit"
-    # Same ids as the loose-file path: the feature cache is shared with it.
-    assert _run(tiny_config)["feature_cache"] == "hit"
+    # Same ids as the loose-file path: the feature cache is shared with it,
+    # and the head, trained in content-id order, learns the same thing.
+    loose = _run(dataclasses.replace(tiny_config, prepare_tfds=False))
+    assert loose["prepared_tfds"] is None
+    assert loose["feature_cache"] == "hit"
+    assert loose["val_accuracy"] == again["val_accuracy"]
     touched = os.path.join(tiny_config.data_dir, "cats", "img_000.jpg")
     os.utime(touched, ns=(10**9, 10**9))
     changed = _run(config)

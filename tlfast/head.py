@@ -4,6 +4,7 @@ The head is float32 whatever the global policy: it is tiny, and its softmax
 must not saturate in float16.
 """
 
+import contextlib
 import dataclasses
 
 import keras
@@ -111,16 +112,30 @@ class _History:
         self.history = {}
 
 
+@contextlib.contextmanager
+def _epoch_metrics(model):
+    """Makes `train_on_batch`/`test_on_batch` accumulate metrics over calls.
+
+    Both reset the metrics at every call, which costs more than a step of a
+    small head; inside this block they keep accumulating (sample-weighted),
+    so the last call returns the means over all the calls made in it.
+    """
+    model.reset_metrics()
+    model.reset_metrics = lambda: None  # Shadows the method on this instance.
+    try:
+        yield
+    finally:
+        del model.reset_metrics
+
+
 def _evaluate(head, x, y, batch_size=8192):
     """(loss, accuracy) over arrays, in few large batches."""
-    totals, n = np.zeros(2), 0
-    for start in range(0, len(x), batch_size):
-        out = head.test_on_batch(x[start:start + batch_size],
-                                 y[start:start + batch_size], return_dict=True)
-        size = len(x[start:start + batch_size])
-        totals += size * np.array([out["loss"], out["accuracy"]])
-        n += size
-    return totals / max(n, 1)
+    with _epoch_metrics(head):
+        for start in range(0, len(x), batch_size):
+            out = head.test_on_batch(x[start:start + batch_size],
+                                     y[start:start + batch_size],
+                                     return_dict=True)
+    return out["loss"], out["accuracy"]
 
 
 def train_head(head, train, validation=None, config=HeadConfig(), callbacks=()):
@@ -143,6 +158,9 @@ def train_head(head, train, validation=None, config=HeadConfig(), callbacks=()):
       "val_accuracy") to per-epoch lists, like `keras.callbacks.History`.
     """
     compile_classifier(head, config.learning_rate, config.label_smoothing)
+    # Optimizer slots created inside the first step would make TensorFlow
+    # trace the step function twice; creating them up front saves that.
+    head.optimizer.build(head.trainable_variables)
     callbacks = list(callbacks)
     if validation is not None and config.patience:
         callbacks.append(keras.callbacks.EarlyStopping(
@@ -163,12 +181,11 @@ def train_head(head, train, validation=None, config=HeadConfig(), callbacks=()):
     for epoch in range(config.epochs):
         callback_list.on_epoch_begin(epoch)
         order = rng.permutation(len(x))
-        totals = np.zeros(2)
-        for start in range(0, len(x), config.batch_size):
-            batch = order[start:start + config.batch_size]
-            out = head.train_on_batch(x[batch], y[batch], return_dict=True)
-            totals += len(batch) * np.array([out["loss"], out["accuracy"]])
-        logs = {"loss": totals[0] / len(x), "accuracy": totals[1] / len(x)}
+        with _epoch_metrics(head):
+            for start in range(0, len(x), config.batch_size):
+                batch = order[start:start + config.batch_size]
+                out = head.train_on_batch(x[batch], y[batch], return_dict=True)
+        logs = {"loss": out["loss"], "accuracy": out["accuracy"]}
         if validation is not None:
             logs["val_loss"], logs["val_accuracy"] = _evaluate(head, vx, vy)
         logs = {k: float(v) for k, v in logs.items()}

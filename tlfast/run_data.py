@@ -67,8 +67,6 @@ def load_prepared_data(config, size, timings):
             max_pixels=config.max_pixels,
             progress=lambda done, total: phase.update(done, total))
     prepare.log_skipped(prepared.skipped)
-    log.info("%s prepared TFDS data in %s", "Reusing" if prepared.reused
-             else "Wrote", prepared.data_dir)
     sets, entries = {}, {}
     for split in ("train", "validation"):
         sets[split] = folder_builder.prepared_examples(prepared, split, size,
@@ -82,10 +80,13 @@ def load_prepared_data(config, size, timings):
         sets[split].entries = entries[split]
     split_lib.write_split(os.path.join(config.output_dir, "split.csv"),
                           entries, prepared.class_names)
+    # A reuse scans nothing; a preparation may resume an interrupted scan.
+    scan_cached = 0 if prepared.reused else int(
+        prepared.builder.info.metadata.get("scan_cached", 0))
     return TrainingData(
         prepared.class_names, sets["train"], sets["validation"],
         prepared.skipped, bool(prepared.builder.info.metadata.get("presplit")),
-        0, "split.csv", prepared_tfds={"data_dir": prepared.data_dir,
+        scan_cached, "split.csv", prepared_tfds={"data_dir": prepared.data_dir,
                                        "reused": prepared.reused,
                                        "fingerprint": prepared.fingerprint})
 

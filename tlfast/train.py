@@ -81,7 +81,9 @@ flags.DEFINE_string("data_service_address", _D.data_service_address,
                     "tlfast-data-service): decoding runs on its workers.")
 flags.DEFINE_bool("prepare_tfds", _D.prepare_tfds, "Read --data_dir through "
                   "tlfast's TFDS image-folder builder: validated and prepared "
-                  "once, reused while the folder is unchanged.")
+                  "once (under --tfds_data_dir or <cache_dir>/tfds), reused "
+                  "while the folder is unchanged. --noprepare_tfds reads the "
+                  "loose files.")
 flags.DEFINE_enum("distribution", _D.distribution, ["none", "mirrored",
                                                      "multi_worker", "tpu"],
                   "tf.distribute strategy (TensorFlow backend): mirrored "

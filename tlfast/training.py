@@ -73,8 +73,9 @@ class TrainConfig:
     export: str = ""  # Comma list of keras, saved_model, tflite, tflite_int8.
     data_service_address: str = None  # grpc://host:port of a tf.data service.
     # Read a folder through tlfast's TFDS builder (prepared once under
-    # tfds_data_dir or <cache_dir>/tfds, re-prepared when the folder changes).
-    prepare_tfds: bool = False
+    # tfds_data_dir or <cache_dir>/tfds, re-prepared when the folder changes);
+    # False reads the loose files.
+    prepare_tfds: bool = True
     distribution: str = "none"  # none | mirrored (tf.distribute, TF backend).
     seed: int = 0
     strict: bool = False
@@ -332,8 +333,11 @@ def _run_training(config, replicas):
                      estimate_cache_bytes(data, spec, size, config))
     val_x, train_views, cache_status, forwarded, stats, digests = extract_all(
         train, validation, backbone_model, spec, size, canonical, config, timings)
-    train_x = np.concatenate(train_views)
-    train_y = np.tile(train.labels, len(train_views))
+    # Rows in content-id order: the head then trains on the same sequence
+    # whether the images came from loose files or prepared TFDS records.
+    order = np.argsort(np.asarray(train.ids, dtype=object), kind="stable")
+    train_x = np.concatenate([view[order] for view in train_views])
+    train_y = np.tile(train.labels[order], len(train_views))
     val_y = validation.labels
     head = head_lib.build_head(spec.feature_dim, len(data.class_names),
                                head_config(config))

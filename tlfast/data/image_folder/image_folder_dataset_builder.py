@@ -145,6 +145,9 @@ class TlfastImageFolder(tfds.core.GeneratorBasedBuilder):
             "settings": [float(config.validation_split), int(config.seed),
                          int(config.max_pixels)],
             "skipped": [[s.path, s.reason] for s in data.skipped],
+            # Scan verdicts reused from the scan cache (an interrupted
+            # preparation resumes its scan).
+            "scan_cached": int(data.scan_cached),
         })
         return {name: self._generate_examples(entries)
                 for name, entries in splits.items()}
