@@ -87,3 +87,13 @@ def test_label_smoothing_compiles_and_trains():
 def test_config_validation(kwargs):
     with pytest.raises(ValueError, match="Received: "):
         head_lib.HeadConfig(**kwargs)
+
+
+def test_predict_head_matches_keras_predict():
+    x, _ = _blobs(n=50)
+    head = head_lib.build_head(16, 3)
+    expected = head.predict(x, verbose=0)
+    got = head_lib.predict_head(head, x, batch_size=16)  # 4 chunks.
+    assert got.dtype == np.float32 and got.shape == (50, 3)
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    assert head_lib.predict_head(head, x[:0]).shape == (0, 3)

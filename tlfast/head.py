@@ -138,6 +138,25 @@ def _evaluate(head, x, y, batch_size=8192):
     return out["loss"], out["accuracy"]
 
 
+def predict_head(head, features, batch_size=8192):
+    """Class probabilities of the head, float32 [N, num_classes].
+
+    Direct calls on a few large chunks: `predict` would build an input
+    pipeline and trace a function for what is one small matrix product.
+
+    Args:
+      head: From `build_head`.
+      features: float [N, feature_dim].
+      batch_size: Rows per call (bounds memory).
+    """
+    chunks = [keras.ops.convert_to_numpy(head(features[i:i + batch_size],
+                                              training=False))
+              for i in range(0, len(features), batch_size)]
+    if not chunks:
+        return np.zeros((0, head.output_shape[-1]), np.float32)
+    return np.concatenate(chunks).astype(np.float32, copy=False)
+
+
 def train_head(head, train, validation=None, config=HeadConfig(), callbacks=()):
     """Fits the head on in-memory features.
 

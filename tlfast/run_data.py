@@ -55,10 +55,12 @@ def load_data(config, size, timings):
 
 def load_prepared_data(config, size, timings):
     """A folder read through the tlfast_image_folder TFDS builder."""
-    from tlfast.data import folder_builder
-
     cache_dir = os.path.expanduser(config.cache_dir)
     with Phase("prepare", timings=timings) as phase:
+        # Imported here: TFDS takes a moment to import, and only this path
+        # needs it.
+        from tlfast.data import folder_builder
+
         prepared = folder_builder.prepare_image_folder(
             config.data_dir,
             data_root=config.tfds_data_dir or os.path.join(cache_dir, "tfds"),

@@ -350,7 +350,7 @@ def _run_training(config, replicas):
     stages = [("head", head_history.history)]
     # One pass over the cached validation features serves both the accuracy
     # and the end-of-run evaluation report.
-    val_probs = head.predict(val_x, batch_size=4096, verbose=0)
+    val_probs = head_lib.predict_head(head, val_x)
     val_accuracy = float(np.mean(val_probs.argmax(axis=1) == val_y))
     augmentation = augment_lib.make_augmentation(canonical, seed=config.seed)
     classifier = model_lib.build_classifier(backbone_model, head, augmentation)
