@@ -1,4 +1,15 @@
+import dataclasses
+import glob
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import textwrap
+
 import keras
+import numpy as np
 import pytest
 
 from conftest import make_folder
@@ -11,11 +22,59 @@ def test_strategy_names():
     assert distribute.make_strategy("none") is None
     strategy = distribute.make_strategy("mirrored")
     assert distribute.num_replicas(strategy) >= 1
-    for name in ("multi_worker", "tpu"):
-        with pytest.raises(ValueError, match="not supported yet"):
-            distribute.check_distribution(name)
+    assert distribute.workers_of(strategy) == distribute.Workers(0, 1)
+    assert distribute.all_sum(strategy, 3) == 3
+    assert distribute.all_sum(None, 3) == 3
     with pytest.raises(ValueError, match="Received: distribution='ring'"):
         distribute.check_distribution("ring")
+
+
+@pytest.mark.parametrize("tf_config, problem", [
+    (None, "Received: TF_CONFIG unset"),
+    ("{not json", "must be JSON"),
+    ('{"cluster": {"worker": ["localhost:1"]}, "task": {"type": "worker", '
+     '"index": 3}}', "must be JSON"),
+    ('{"cluster": {}, "task": {"type": "worker", "index": 0}}', "must be JSON"),
+])
+def test_multi_worker_needs_a_usable_tf_config(monkeypatch, tf_config, problem):
+    if tf_config is None:
+        monkeypatch.delenv("TF_CONFIG", raising=False)
+    else:
+        monkeypatch.setenv("TF_CONFIG", tf_config)
+    with pytest.raises(ValueError, match=problem):
+        distribute.check_distribution("multi_worker")
+
+
+def test_multi_worker_refuses_fine_tuning_up_front(tmp_path, monkeypatch):
+    monkeypatch.setenv("TF_CONFIG", json.dumps({
+        "cluster": {"worker": ["localhost:1", "localhost:2"]},
+        "task": {"type": "worker", "index": 0}}))
+    register_tiny_backbone()
+    config = training.TrainConfig(
+        data_dir=str(tmp_path), output_dir=str(tmp_path / "out"),
+        backbone="tiny_test", weights=None, fine_tune_epochs=1,
+        distribution="multi_worker")
+    with pytest.raises(ValueError, match="72388"):
+        training.check_config(config)
+
+
+def test_tpu_without_a_tpu_is_a_clear_error(monkeypatch):
+    monkeypatch.delenv("TPU_NAME", raising=False)
+    with pytest.raises(RuntimeError, match="found no TPU"):
+        distribute.make_strategy("tpu")
+
+
+def test_workers_of_a_cluster_with_a_chief(monkeypatch):
+    import tensorflow as tf
+
+    class FakeMultiWorker(tf.distribute.MultiWorkerMirroredStrategy):
+        def __init__(self):  # No cluster is started.
+            pass
+    monkeypatch.setenv("TF_CONFIG", json.dumps({
+        "cluster": {"chief": ["a:1"], "worker": ["b:1", "c:1"]},
+        "task": {"type": "worker", "index": 1}}))
+    workers = distribute.workers_of(FakeMultiWorker())
+    assert workers == distribute.Workers(2, 3) and not workers.is_chief
 
 
 def test_mirrored_training_on_one_cpu_device(tmp_path):
@@ -30,5 +89,87 @@ def test_mirrored_training_on_one_cpu_device(tmp_path):
     metrics = training.run_training(config)
     assert metrics["num_train"] + metrics["num_val"] == 20
     assert 0.0 <= metrics["val_accuracy"] <= 1.0
+    model = keras.models.load_model(tmp_path / "out" / "model.keras")
+    assert model.output_shape == (None, 2)
+
+
+_WORKER = textwrap.dedent("""
+    import json, logging, sys
+    sys.path[:0] = [{repo!r}, {tests!r}]
+    logging.basicConfig(level=logging.INFO)
+    import keras
+    from test_backbones import register_tiny_backbone
+    from tlfast import training
+    register_tiny_backbone()
+    keras.utils.set_random_seed(0)
+    config = training.TrainConfig(**json.loads({config!r}))
+    print("METRICS " + json.dumps(training.run_training(config)))
+""")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _free_ports(n):
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("localhost", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def _shard_ids(cache_dir):
+    ids = []
+    for path in glob.glob(os.path.join(cache_dir, "features", "*", "shard-*.npz")):
+        with np.load(path) as shard:
+            ids.extend((os.path.basename(os.path.dirname(path)), i)
+                       for i in shard["ids"].tolist())
+    return ids
+
+
+def test_multi_worker_two_local_processes(tmp_path):
+    root = make_folder(tmp_path / "data", {"a": 12, "b": 12})
+    config = training.TrainConfig(
+        data_dir=str(root), output_dir=str(tmp_path / "out"),
+        cache_dir=str(tmp_path / "cache"), backbone="tiny_test", weights=None,
+        image_size=32, epochs=3, batch_size=4, feature_shard_size=4,
+        distribution="multi_worker")
+    code = _WORKER.format(repo=REPO, tests=os.path.join(REPO, "tests"),
+                          config=json.dumps(dataclasses.asdict(config)))
+    cluster = {"worker": [f"localhost:{p}" for p in _free_ports(2)]}
+    procs = []
+    for index in range(2):
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TF_CONFIG=json.dumps(
+            {"cluster": cluster, "task": {"type": "worker", "index": index}}))
+        procs.append(subprocess.Popen(
+            [sys.executable, "-c", code], env=env, text=True,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    outputs, logs = [], []
+    try:
+        for proc in procs:
+            out, err = proc.communicate(timeout=300)
+            assert proc.returncode == 0, err[-3000:]
+            outputs.append(json.loads(out.split("METRICS ", 1)[1]))
+            logs.append(err)
+    finally:
+        for proc in procs:
+            proc.kill()
+    chief, worker = outputs
+    # The chief wrote the model and the metrics; the other worker nothing.
+    assert os.path.isfile(tmp_path / "out" / "model.keras")
+    saved = json.load(open(tmp_path / "out" / "metrics.json"))
+    assert saved["val_accuracy"] == chief["val_accuracy"]
+    run = json.load(open(tmp_path / "out" / "run.json"))
+    assert run["resolved"]["workers"] == 2
+    assert chief["num_train"] + chief["num_val"] == 24
+    # Both trained the same synchronised model.
+    assert worker["val_accuracy"] == chief["val_accuracy"]
+    # Every example was forwarded once, by one worker, into one cache.
+    assert chief["backbone_images_forwarded"] == 24
+    for index, log in enumerate(logs):  # Each did its half of each split.
+        counts = re.findall(rf"Worker {index} of 2 forwarded (\d+) image", log)
+        assert sum(map(int, counts)) == 12, log[-3000:]
+    ids = _shard_ids(config.cache_dir)
+    assert len(ids) == len(set(ids)) == 24
     model = keras.models.load_model(tmp_path / "out" / "model.keras")
     assert model.output_shape == (None, 2)

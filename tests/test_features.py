@@ -357,3 +357,71 @@ def test_second_process_waits_then_forwards_nothing(tmp_path, backbone):
         assert stats.status == "miss"
     thread.join(timeout=30)
     assert result["value"][1].status == "hit"
+
+
+def _shard_ids(cache):
+    ids = []
+    for name in os.listdir(cache.path):
+        if name.startswith("shard-"):
+            with np.load(os.path.join(cache.path, name)) as data:
+                ids.extend(data["ids"].tolist())
+    return ids
+
+
+def test_parts_run_side_by_side_and_cover_every_example_once(tmp_path, backbone):
+    images, ids = _images(), _ids()
+    whole, _ = ft.extract_features(ids, _array_dataset(images), backbone,
+                                   ft.FeatureCache(tmp_path / "ref", _key()))
+    caches = [ft.FeatureCache(tmp_path / "cache", _key()) for _ in range(3)]
+    counters = [Counting(backbone) for _ in range(2)]
+    # Worker 1 holds its part's lock while worker 0 extracts: no waiting.
+    with caches[1].lock("part1of2"):
+        _, stats0 = ft.extract_features(ids, _array_dataset(images), counters[0],
+                                        caches[0], part=(0, 2))
+    _, stats1 = ft.extract_features(ids, _array_dataset(images), counters[1],
+                                    caches[1], part=(1, 2))
+    assert (counters[0].examples, counters[1].examples) == (N // 2, N // 2)
+    assert (stats0.forwarded, stats1.forwarded) == (N // 2, N // 2)
+    # The gathering call forwards nothing and matches a single extraction.
+    gathered, stats = ft.extract_features(ids, _array_dataset(images),
+                                          Counting(backbone), caches[2])
+    assert stats.status == "hit"
+    np.testing.assert_array_equal(gathered, whole)
+    assert sorted(_shard_ids(caches[2])) == sorted(ids)  # Each one once.
+
+
+def test_a_whole_extraction_excludes_the_parts(tmp_path, backbone):
+    holder = ft.FeatureCache(tmp_path / "cache", _key())
+    worker = ft.FeatureCache(tmp_path / "cache", _key())
+    done = threading.Event()
+
+    def run_part():
+        ft.extract_features(_ids(), _array_dataset(_images()), backbone, worker,
+                            part=(0, 2))
+        done.set()
+    with holder.lock():
+        thread = threading.Thread(target=run_part)
+        thread.start()
+        assert not done.wait(0.3)  # Blocked on the shared lock.
+    thread.join(timeout=30)
+    assert done.is_set()
+
+
+def test_a_part_keeps_other_parts_temporary_files(tmp_path, backbone):
+    cache = ft.FeatureCache(tmp_path / "cache", _key())
+    others = os.path.join(cache.path, ".tmp-part1of2-abc.npz")
+    mine = os.path.join(cache.path, ".tmp-part0of2-abc.npz")
+    for path in (others, mine):
+        open(path, "wb").close()
+    ft.extract_features(_ids(), _array_dataset(_images()), backbone, cache,
+                        part=(0, 2))
+    assert os.path.exists(others) and not os.path.exists(mine)
+    ft.extract_features(_ids(), _array_dataset(_images()), backbone, cache)
+    assert not os.path.exists(others)  # An unscoped holder cleans them all.
+
+
+@pytest.mark.parametrize("part", [(2, 2), (-1, 2), (0, 0), ("0", 2)])
+def test_bad_part_is_refused(tmp_path, backbone, part):
+    with pytest.raises(ValueError, match="Received: part="):
+        ft.extract_features(_ids(), _array_dataset(_images()), backbone,
+                            ft.FeatureCache(tmp_path / "c", _key()), part=part)

@@ -156,7 +156,7 @@ class FeatureCache:
         self.key = key
         self.path = os.path.join(os.fspath(cache_dir), "features", key.digest())
         os.makedirs(self.path, exist_ok=True)
-        self._lock_fd = None
+        self._lock_fd, self._scope = None, None
         self._shard_ids = {}  # name -> (stat key, ids array), read once.
         manifest, problem = self._read_manifest()
         if problem:
@@ -209,32 +209,51 @@ class FeatureCache:
         self._shard_ids.clear()
 
     @contextlib.contextmanager
-    def lock(self):
-        """Holds an exclusive `fcntl.flock` on `<folder>/.lock`.
+    def lock(self, scope=None):
+        """Holds `fcntl.flock`s on the folder's lock files.
 
         `extract_features` holds it for its whole run, so a second process on
         the same folder waits, then finds the first one's shards and forwards
-        nothing. Re-entrant within one `FeatureCache`; a no-op where `fcntl`
-        is missing (Windows). Call `write_shard` directly only while holding
-        it: the lock holder deletes temporary files left by killed runs.
+        nothing. With a `scope` (one worker's part of a sharded extraction)
+        `<folder>/.lock` is held shared and `<folder>/.lock-<scope>`
+        exclusively: the workers of one job run side by side, while a whole
+        (unscoped) extraction still excludes them all. Re-entrant within one
+        `FeatureCache`; a no-op where `fcntl` is missing (Windows). Call
+        `write_shard` directly only while holding it: the lock holder deletes
+        temporary files that killed runs of its scope left.
         """
         if self._lock_fd is not None or fcntl is None:
             yield
             return
         os.makedirs(self.path, exist_ok=True)  # In case it was deleted since.
-        fd = os.open(os.path.join(self.path, ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        fds = []
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                logging.info("Waiting for another process using the feature "
-                             "cache '%s'.", self.path)
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            self._lock_fd = fd
+            fds.append(self._flock(".lock", fcntl.LOCK_SH if scope else fcntl.LOCK_EX))
+            if scope:
+                fds.append(self._flock(f".lock-{scope}", fcntl.LOCK_EX))
+            self._lock_fd, self._scope = fds[0], scope
             yield
         finally:
-            self._lock_fd = None
-            os.close(fd)  # Closing the descriptor releases the flock.
+            self._lock_fd, self._scope = None, None
+            for fd in fds:
+                os.close(fd)  # Closing the descriptor releases the flock.
+
+    def _flock(self, name, mode):
+        fd = os.open(os.path.join(self.path, name), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
+        except OSError:
+            logging.info("Waiting for another process using the feature "
+                         "cache '%s'.", self.path)
+            try:
+                fcntl.flock(fd, mode)
+            except BaseException:
+                os.close(fd)
+                raise
+        return fd
+
+    def _tmp_prefix(self):
+        return f".tmp-{self._scope}-" if self._scope else ".tmp-"
 
     def _drop_shard(self, name, stat_key, error):
         """Deletes a bad shard, unless it was replaced since it was read."""
@@ -354,7 +373,8 @@ class FeatureCache:
         name = "shard-" + hashlib.sha256(
             "\n".join(ids.tolist()).encode("utf-8")).hexdigest()[:16] + ".npz"
         path = os.path.join(self.path, name)
-        fd, tmp = tempfile.mkstemp(dir=self.path, prefix=".tmp-", suffix=".npz")
+        fd, tmp = tempfile.mkstemp(dir=self.path, prefix=self._tmp_prefix(),
+                                   suffix=".npz")
         try:
             with os.fdopen(fd, "wb") as f:
                 np.savez(f, ids=ids, features=stored, checksum=np.array(checksum))
@@ -365,9 +385,15 @@ class FeatureCache:
         return path
 
     def remove_temporary_files(self):
-        """Deletes what killed writers left; only call while holding `lock`."""
+        """Deletes what killed writers left; only call while holding `lock`.
+
+        An unscoped holder excludes every writer, so it deletes all temporary
+        files; a scoped one only those of its own scope (the other workers
+        may be writing theirs).
+        """
+        prefix = self._tmp_prefix()
         _drop_files(os.path.join(self.path, name) for name in os.listdir(self.path)
-                    if name.startswith(".tmp-"))
+                    if name.startswith(prefix))
 
 
 def _model_on_cpu():
@@ -408,7 +434,7 @@ def _batches(make_dataset, indices, chunk_size, overlap):
 
 
 def extract_features(ids, make_dataset, model, cache, *, shard_size=512,
-                     progress=None, overlap=None):
+                     progress=None, overlap=None, part=None):
     """Features for `ids` (in that order), computing only the missing ones.
 
     Holds `cache.lock()` throughout, so concurrent processes on one cache
@@ -433,6 +459,12 @@ def extract_features(ids, make_dataset, model, cache, *, shard_size=512,
         it (False; then `make_dataset` is called once per chunk and a chunk's
         pixels are held in memory). None: overlap unless the model runs on
         the CPU, where the two compete for the same cores.
+      part: (index, count): compute only the missing examples at positions
+        `i` of `ids` with `i % count == index`, one worker's part of an
+        extraction sharded over `count` workers sharing `cache` (see
+        `FeatureCache.lock`). The others' rows are returned as found in the
+        cache so far (zeros if not yet there); a later call without `part`,
+        once every worker is done, gathers them all.
 
     Returns:
       (features float32 [len(ids), D], `ExtractStats`). Computed features are
@@ -447,10 +479,22 @@ def extract_features(ids, make_dataset, model, cache, *, shard_size=512,
     if not isinstance(shard_size, int) or shard_size < 1:
         raise ValueError(
             f"shard_size must be a positive int. Received: shard_size={shard_size!r}")
-    with cache.lock():
+    scope = None
+    if part is not None:
+        index, count = part
+        if not (isinstance(count, int) and isinstance(index, int)
+                and 0 <= index < count):
+            raise ValueError("part must be (index, count) with 0 <= index < "
+                             f"count. Received: part={part!r}")
+        scope = f"part{index}of{count}"
+    with cache.lock(scope):
         cache.remove_temporary_files()
         features, found = cache.lookup(ids)
         missing = np.flatnonzero(~found).tolist()
+        if part is not None:
+            # By position in `ids`, not in `missing`: every worker then draws
+            # the same partition, whatever the others have cached already.
+            missing = [i for i in missing if i % count == index]
         written, pending, done = [], [], 0  # This call's shards; forwarded.
         if overlap is None:
             overlap = not _model_on_cpu()
@@ -492,6 +536,7 @@ def extract_features(ids, make_dataset, model, cache, *, shard_size=512,
                 "ids cannot be matched.")
     if features is None:  # Only for ids == [] before anything was cached.
         features = np.zeros((0, 0), np.float32)
+    # With `part`, "cached" counts what this call did not have to compute.
     stats = ExtractStats(len(ids), len(ids) - len(missing), done,
                          time.perf_counter() - start)
     return features, stats

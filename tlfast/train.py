@@ -87,7 +87,10 @@ flags.DEFINE_bool("prepare_tfds", _D.prepare_tfds, "Read --data_dir through "
 flags.DEFINE_enum("distribution", _D.distribution, ["none", "mirrored",
                                                      "multi_worker", "tpu"],
                   "tf.distribute strategy (TensorFlow backend): mirrored "
-                  "replicates over local GPUs (multi_worker/tpu: not yet).")
+                  "replicates over local GPUs; multi_worker runs the same "
+                  "command on every machine of TF_CONFIG and shards feature "
+                  "extraction over them (shared --cache_dir); tpu uses the "
+                  "TPU of TPU_NAME or this TPU VM.")
 flags.DEFINE_integer("seed", _D.seed, "Seed for split, initialisation, "
                      "shuffling and augmentation.")
 flags.DEFINE_bool("strict", _D.strict, "Fail on any bad image instead of "

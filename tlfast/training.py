@@ -5,8 +5,9 @@ is the absl-flags script around it (it alone sets the precision policy and
 the global seed).
 """
 
-import hashlib
+import contextlib
 import dataclasses
+import hashlib
 import logging
 import os
 import platform
@@ -76,7 +77,8 @@ class TrainConfig:
     # tfds_data_dir or <cache_dir>/tfds, re-prepared when the folder changes);
     # False reads the loose files.
     prepare_tfds: bool = True
-    distribution: str = "none"  # none | mirrored (tf.distribute, TF backend).
+    # none | mirrored | multi_worker | tpu (tf.distribute, TF backend).
+    distribution: str = "none"
     seed: int = 0
     strict: bool = False
 
@@ -137,6 +139,15 @@ def check_config(config):
             f"path to a .weights.h5 / .h5 file. Received: weights={weights!r}")
     head_config(config)  # Validates the head settings.
     distribute.check_distribution(config.distribution)
+    if config.distribution == "multi_worker" and config.fine_tune_epochs:
+        raise ValueError(
+            "Fine-tuning cannot run with distribution='multi_worker': Keras 3's "
+            "trainer fails under MultiWorkerMirroredStrategy "
+            "(tensorflow/tensorflow#72388). Extract features and train the "
+            "head with multi_worker, then fine-tune on one machine "
+            "(distribution='mirrored' uses all its GPUs); the feature cache "
+            "is reused. Received: fine_tune_epochs="
+            f"{config.fine_tune_epochs}, distribution='multi_worker'")
     known = ("keras", "saved_model", "tflite", "tflite_int8")
     for fmt in (f.strip() for f in config.export.split(",") if f.strip()):
         if fmt not in known:
@@ -195,24 +206,51 @@ def head_config(config):
         label_smoothing=config.label_smoothing, seed=config.seed)
 
 
-def _extract(examples, feature_model, key, config, phase):
-    """Cached features of `examples` (see `tlfast.data.examples`), one view."""
+def _extract(examples, feature_model, key, config, phase, workers, strategy):
+    """Cached features of `examples` (see `tlfast.data.examples`), one view.
+
+    With several workers each forwards its part into the shared cache; after
+    a barrier every worker reads the whole of it.
+
+    Returns:
+      (features float32 [N, D], ExtractStats with `forwarded` summed over
+      the workers).
+    """
     cache = features_lib.FeatureCache(os.path.expanduser(config.cache_dir), key)
     offset = phase.done
+    ids = examples.ids
 
     def progress(done, total, rate):
         phase.update(offset + done)
 
-    return features_lib.extract_features(
-        examples.ids, lambda indices: examples.batched(indices, config.batch_size),
-        feature_model, cache,
-                                         shard_size=config.feature_shard_size,
-                                         progress=progress)
+    def make_dataset(indices):
+        return examples.batched(indices, config.batch_size)
+
+    def extract(part=None):
+        return features_lib.extract_features(
+            ids, make_dataset, feature_model, cache,
+            shard_size=config.feature_shard_size, progress=progress, part=part)
+
+    if workers.count == 1:
+        return extract()
+    _, mine = extract(part=(workers.index, workers.count))
+    log.info("Worker %d of %d forwarded %d image(s) of its part",
+             workers.index, workers.count, mine.forwarded)
+    forwarded = distribute.all_sum(strategy, mine.forwarded)  # Barrier.
+    features, stats = extract()
+    if stats.forwarded:
+        log.warning(
+            "Worker %d had to compute %d features that the other workers "
+            "computed: is --cache_dir on storage that all workers share?",
+            workers.index, stats.forwarded)
+    return features, dataclasses.replace(
+        stats, forwarded=int(round(forwarded)) + stats.forwarded)
 
 
 def extract_all(train, validation, backbone_model, spec, size, canonical, config,
-                timings):
+                timings, strategy=None):
     """Features for every training view and for validation."""
+    workers = distribute.workers_of(strategy)
     base = dict(backbone=spec.name,
                 weights=weights_fingerprint(config.weights, backbone_model),
                 image_size=size, resize=config.resize,
@@ -237,8 +275,11 @@ def extract_all(train, validation, backbone_model, spec, size, canonical, config
             feature_model = clean if augmentation is None else (
                 model_lib.build_feature_model(backbone_model, augmentation,
                                               always_augment=True))
+            if workers.count > 1:
+                feature_model = _LocalPredictor(feature_model)
             offset = phase.done
-            feats, stat = _extract(entries, feature_model, key, config, phase)
+            feats, stat = _extract(entries, feature_model, key, config, phase,
+                                   workers, strategy)
             phase.update(offset + len(entries), force=True)
             results.append(feats)
             stats.append(stat)
@@ -248,6 +289,22 @@ def extract_all(train, validation, backbone_model, spec, size, canonical, config
     val_features, train_views = results[0], results[1:]
     digests = [key.digest() for _, key, _ in jobs]
     return val_features, train_views, status, forwarded, stats, digests
+
+
+class _LocalPredictor:
+    """`predict_on_batch` without cross-worker gathering.
+
+    Under MultiWorkerMirroredStrategy Keras's predict concatenates every
+    worker's outputs (a collective), but each worker extracts its own part:
+    a plain compiled call on the local copy of the weights is what it needs.
+    """
+
+    def __init__(self, model):
+        self._call = tf.function(lambda x: model(x, training=False),
+                                 reduce_retracing=True)
+
+    def predict_on_batch(self, images):
+        return self._call(images).numpy()
 
 
 def weights_fingerprint(weights, backbone_model):
@@ -303,6 +360,35 @@ def run_training(config):
     check_config(config)
     strategy = distribute.make_strategy(config.distribution)
     replicas = distribute.num_replicas(strategy)
+    workers = distribute.workers_of(strategy)
+    scope, scale = distribute.strategy_scope(strategy), replicas
+    if config.distribution == "multi_worker":
+        # The workers shard the feature extraction, the heavy part, and meet
+        # through the strategy's collectives; the head (seconds on cached
+        # features) then trains on every worker alike, outside the strategy:
+        # Keras 3's trainer cannot run under MultiWorkerMirroredStrategy
+        # (tensorflow/tensorflow#72388).
+        scope, scale = contextlib.nullcontext(), 1
+    if workers.is_chief:
+        with scope:
+            return _run_training(_scaled(config, scale), replicas, strategy)
+    # Every worker runs the whole job (the collectives need all of them) but
+    # only the chief's outputs are kept.
+    scratch = tempfile.mkdtemp(prefix=f"tlfast-worker{workers.index}-")
+    log.info("Worker %d of %d: outputs go to the scratch folder %s (deleted "
+             "at the end); the chief writes %s", workers.index, workers.count,
+             scratch, config.output_dir)
+    try:
+        with scope:
+            return _run_training(
+                _scaled(dataclasses.replace(config, output_dir=scratch), scale),
+                replicas, strategy)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _scaled(config, replicas):
+    """`config` with batch sizes and learning rates scaled by `replicas`."""
     if replicas > 1:
         # Linear scaling: the per-replica batch stays as asked.
         log.info("%d replicas: global batch and learning rates x%d",
@@ -312,11 +398,10 @@ def run_training(config):
             head_batch_size=config.head_batch_size * replicas,
             learning_rate=config.learning_rate * replicas,
             fine_tune_learning_rate=config.fine_tune_learning_rate * replicas)
-    with distribute.strategy_scope(strategy):
-        return _run_training(config, replicas)
+    return config
 
 
-def _run_training(config, replicas):
+def _run_training(config, replicas, strategy=None):
     start = time.perf_counter()
     timings = {}
     spec, size, canonical = check_config(config)
@@ -332,7 +417,8 @@ def _run_training(config, replicas):
     check_free_space(os.path.expanduser(config.cache_dir),
                      estimate_cache_bytes(data, spec, size, config))
     val_x, train_views, cache_status, forwarded, stats, digests = extract_all(
-        train, validation, backbone_model, spec, size, canonical, config, timings)
+        train, validation, backbone_model, spec, size, canonical, config, timings,
+        strategy)
     # Rows in content-id order: the head then trains on the same sequence
     # whether the images came from loose files or prepared TFDS records.
     order = np.argsort(np.asarray(train.ids, dtype=object), kind="stable")
@@ -394,6 +480,7 @@ def _run_training(config, replicas):
                      "augment": canonical,
                      "precision": keras.mixed_precision.global_policy().name,
                      "replicas": replicas,
+                     "workers": distribute.workers_of(strategy).count,
                      "weights_identity": digests and weights_fingerprint(
                          config.weights, backbone_model)},
         "versions": {"tensorflow": tf.__version__, "keras": keras.__version__,
