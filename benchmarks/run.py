@@ -7,10 +7,11 @@ r"""Throughput benchmarks: the model ceiling, tlfast's stages and the seed recip
 Model modes (one row per backbone x precision):
   forward          frozen backbone on uint8 batches already in memory, through
                    the compiled `predict_on_batch` path: the model ceiling.
-  extract          tlfast's feature extraction from the pixel pipeline (decode,
-                   resize, batch, forward, write the feature cache), cold: a
-                   fresh cache folder each time. extract / forward near 1
-                   means the input side keeps up with the model.
+  extract          tlfast's feature extraction from the pixel pipeline (read
+                   the prepared TFDS records, decode, resize, batch, forward,
+                   write the feature cache), cold: a fresh cache folder each
+                   time. extract / forward near 1 means the input side keeps
+                   up with the model.
   head             head training on cached (synthetic) features:
                    `tlfast.head.train_head`, --head_examples x feature_dim,
                    --head_epochs epochs, batch --head_batch_size.
@@ -24,12 +25,18 @@ Recipe modes (one row per backbone x precision, wall seconds):
   tlfast_recipe    `python -m tlfast.train` on the same data, backbone and
                    epochs: a cold cache, then the same cache again (warm).
 Input modes (backbone-independent, --repeats runs, median):
-  bare_decode      plain tf.data read + decode + resize + batch: the decode
-                   ceiling.
-  pipeline         tlfast's pipeline, first epoch (decode + fill the cache).
+  bare_decode      plain tf.data read + decode + resize + batch of the loose
+                   files: the decode ceiling.
+  pipeline         tlfast's pipeline, first epoch (read the prepared records,
+                   decode, fill the cache).
   pipeline_cached  the same pipeline, a later epoch (served from the cache).
   idg              Keras `ImageDataGenerator.flow_from_directory` with the
                    seed recipe's augmentation, one epoch.
+
+tlfast's modes read --data_dir as `tlfast-train` does, through the
+`tlfast_image_folder` TFDS builder (prepared once under --cache_dir, or the
+run's scratch folder, and reused while the folder is unchanged); the
+baselines read the loose files. See benchmarks/inputs.py.
 
 Every timed region is warmed up first (the first call's time, compilation or
 tracing included, is reported as `compile_seconds`) and reads its results
@@ -63,7 +70,7 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+sys.path[:0] = [ROOT, os.path.join(ROOT, "benchmarks")]
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -71,21 +78,20 @@ import tensorflow as tf  # noqa: E402
 
 import tlfast  # noqa: E402
 from tlfast import backbones  # noqa: E402
-from tlfast import data as tld  # noqa: E402
 from tlfast import features as features_lib  # noqa: E402
 from tlfast import head as head_lib  # noqa: E402
 from tlfast import model as model_lib  # noqa: E402
 from tlfast.data import augment as augment_lib  # noqa: E402
-from tlfast.data import pipeline as pipeline_lib  # noqa: E402
 from tlfast.training import TrainConfig  # noqa: E402
 
-MODEL_MODES = ("forward", "extract", "head", "finetune")
-RECIPE_MODES = ("seed_recipe", "tlfast_recipe")
-INPUT_MODES = ("bare_decode", "pipeline", "pipeline_cached", "idg")
-# Execution order, whatever the order of --modes: each backbone's model modes,
-# then the recipes (seed_recipe before tlfast_recipe, so that the speed-ups
-# can go into the tlfast rows), then the input modes.
-ALL_MODES = MODEL_MODES + RECIPE_MODES + INPUT_MODES
+import inputs  # noqa: E402
+from report import ALL_MODES  # noqa: E402
+from report import INPUT_MODES  # noqa: E402
+from report import MODEL_MODES  # noqa: E402
+from report import RECIPE_MODES  # noqa: E402
+from report import format_table  # noqa: E402
+from report import plot  # noqa: E402
+
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("data_dir", None, "Image folder (class sub-folders, or "
@@ -178,7 +184,7 @@ class Job:
         else:
             self.image_size = self.spec.default_size if self.spec else 224
         self._backbone_model = None
-        self._entries = None
+        self._entries = self._source = None
 
     def backbone_model(self):
         """The frozen `create_backbone` model, built once (under the policy)."""
@@ -194,41 +200,27 @@ class Job:
         gc.collect()
 
     def entries(self):
+        """The loose files (for the baselines), cycled to --max_images."""
         if self._entries is None:
-            self._entries = load_entries(self.settings, self.workdir)
+            self._entries = inputs.load_entries(self.settings, self.workdir)
         return self._entries
+
+    def prepared_source(self):
+        """The folder through tlfast's TFDS builder, cycled to --max_images."""
+        if self._source is None:
+            self._source = inputs.PreparedSource(self.settings, self.workdir)
+        return self._source
 
     def num_images(self):
         if self.settings.max_images:
             return self.settings.max_images
-        return len(self.entries()) if self.settings.data_dir else 256
+        return len(self.prepared_source()) if self.settings.data_dir else 256
 
     def set_jit_compile(self, model):
         """Applies --jit_compile; returns what the model will use."""
         if self.settings.jit_compile != "auto":
             model.jit_compile = self.settings.jit_compile == "true"
         return bool(model.jit_compile)
-
-
-def load_entries(settings, workdir):
-    """Scanned, usable files, cycled to `max_images`; the page cache warmed."""
-    if not settings.data_dir:
-        raise ValueError("This mode reads images: pass --data_dir, a folder of "
-                         "class sub-folders. Received: data_dir=None")
-    folder = tld.list_image_folder(settings.data_dir)
-    entries = [e for split in folder.splits.values() for e in split]
-    cache_dir = settings.cache_dir or os.path.join(workdir, "scan")
-    usable = list(tld.scan_files(entries, root=folder.root,
-                                 cache_dir=cache_dir).usable)
-    if settings.max_images:
-        # A small folder is cycled to reach max_images, so that short timings
-        # are not dominated by start-up.
-        repeats = -(-settings.max_images // max(len(usable), 1))
-        usable = (usable * repeats)[:settings.max_images]
-    for entry in usable:  # No mode pays for disk reads.
-        with open(entry.path, "rb") as f:
-            f.read()
-    return usable
 
 
 # ---------------------------------------------------------------- statistics
@@ -303,54 +295,52 @@ class _StepTimer:
         return out
 
 
-def _extract_once(job, model, entries, cache_dir):
-    """`extract_features` as `tlfast.training._extract` runs it; returns
-    (seconds, step seconds)."""
+def _extract_once(job, model, count, cache_dir):
+    """`extract_features` as `tlfast.training._extract` runs it, over the
+    first `count` prepared examples; returns (seconds, step seconds)."""
     size, resize, batch = job.image_size, job.settings.resize, job.settings.batch_size
     key = features_lib.FeatureKey(
         backbone=job.backbone, weights="bench", image_size=size, resize=resize,
         preprocessing=job.spec.preprocessing, precision=job.precision)
     cache = features_lib.FeatureCache(cache_dir, key)
-    # Cycled folders repeat files: the position makes each id unique.
-    ids = [f"{i}|{features_lib.example_id(e)}" for i, e in enumerate(entries)]
+    source = job.prepared_source()
 
     def make_dataset(indices):
-        subset = [entries[i] for i in indices]
-        ds = pipeline_lib.files_dataset(subset, size, resize)
-        return ds.batch(batch).prefetch(tf.data.AUTOTUNE)
+        return source.batched(indices, size, resize, batch)
 
     timer = _StepTimer(model)
     start = time.perf_counter()
-    _, stats = features_lib.extract_features(ids, make_dataset, timer, cache)
+    _, stats = features_lib.extract_features(source.ids[:count], make_dataset,
+                                             timer, cache)
     seconds = time.perf_counter() - start
-    if stats.forwarded != len(entries):
-        raise RuntimeError(f"Expected a cold extraction of {len(entries)} "
-                           f"images; {stats.forwarded} were forwarded.")
+    if stats.forwarded != count:
+        raise RuntimeError(f"Expected a cold extraction of {count} images; "
+                           f"{stats.forwarded} were forwarded.")
     marks = [start] + timer.done
     return seconds, [b - a for a, b in zip(marks, marks[1:])]
 
 
 def extract(job):
-    """tlfast's cold feature extraction from files."""
+    """tlfast's cold feature extraction from the prepared folder."""
     model = model_lib.build_feature_model(job.backbone_model())
     jit = job.set_jit_compile(model)
-    entries = job.entries()[:job.num_images()]
+    count = min(job.num_images(), len(job.prepared_source()))
     batch = job.settings.batch_size
     # Compile for both batch shapes the run will see (full and remainder).
     start = time.perf_counter()
-    for n in sorted({batch, len(entries) % batch} - {0}):
+    for n in sorted({batch, count % batch} - {0}):
         np.asarray(model.predict_on_batch(
             np.zeros((n, job.image_size, job.image_size, 3), np.uint8)))
     compile_seconds = time.perf_counter() - start
     # Warms tf.data's functions and the decoder on a throw-away cache.
-    _extract_once(job, model, entries[:batch],
+    _extract_once(job, model, min(batch, count),
                   tempfile.mkdtemp(dir=job.workdir, prefix="warm-"))
     cache_dir = tempfile.mkdtemp(dir=job.workdir, prefix="features-")
     try:
-        seconds, times = _extract_once(job, model, entries, cache_dir)
+        seconds, times = _extract_once(job, model, count, cache_dir)
     finally:
         shutil.rmtree(cache_dir, ignore_errors=True)
-    return {**step_stats(times, len(entries), seconds),
+    return {**step_stats(times, count, seconds),
             "compile_seconds": compile_seconds, "jit_compile": jit,
             "resize": job.settings.resize}
 
@@ -560,87 +550,6 @@ def tlfast_recipe(job):
     return rows
 
 
-# ---------------------------------------------------------------- input modes
-
-
-def timed_epoch(ds):
-    """Iterates one epoch; returns (images, seconds)."""
-    start = time.perf_counter()
-    images = 0
-    for batch in ds:
-        image = batch["image"] if isinstance(batch, dict) else batch
-        images += int(image.shape[0])  # .shape of a produced tensor: read back.
-    return images, time.perf_counter() - start
-
-
-def _bare_decode(job):
-    paths = [e.path for e in job.entries()]
-    size = (job.image_size, job.image_size)
-
-    def load(path):
-        image = tf.io.decode_image(tf.io.read_file(path), channels=3,
-                                   expand_animations=False)
-        return tf.image.resize(image, size)
-
-    ds = (tf.data.Dataset.from_tensor_slices(paths)
-          .map(load, num_parallel_calls=tf.data.AUTOTUNE)
-          .batch(job.settings.batch_size).prefetch(tf.data.AUTOTUNE))
-    return timed_epoch(ds)
-
-
-def _pipeline_ds(job):
-    config = tld.PipelineConfig(image_size=job.image_size,
-                                batch_size=job.settings.batch_size,
-                                resize=job.settings.resize, cache="memory")
-    return tld.image_folder_dataset(job.entries(), config, training=True)
-
-
-def _pipeline(job):
-    return timed_epoch(_pipeline_ds(job))
-
-
-def _pipeline_cached(job):
-    ds = _pipeline_ds(job)
-    timed_epoch(ds)  # Fills the cache.
-    return timed_epoch(ds)
-
-
-def _idg(job):
-    """The seed recipe's input side: ImageDataGenerator + flow_from_directory."""
-    entries = job.entries()
-    with tempfile.TemporaryDirectory(dir=job.workdir) as tmp:
-        for i, entry in enumerate(entries):
-            class_dir = os.path.join(tmp, f"class_{entry.label}")
-            os.makedirs(class_dir, exist_ok=True)
-            ext = os.path.splitext(entry.path)[1]
-            os.symlink(os.path.abspath(entry.path),
-                       os.path.join(class_dir, f"{i}{ext}"))
-        generator = tf.keras.preprocessing.image.ImageDataGenerator(
-            rescale=1 / 255, rotation_range=20, width_shift_range=0.2,
-            height_shift_range=0.2, shear_range=0.2, zoom_range=0.2,
-            horizontal_flip=True)
-        flow = generator.flow_from_directory(
-            tmp, target_size=(job.image_size, job.image_size),
-            batch_size=job.settings.batch_size, class_mode="categorical", seed=0)
-        start = time.perf_counter()
-        images = 0
-        for _ in range(len(flow)):
-            x, _ = next(flow)
-            images += x.shape[0]
-        return images, time.perf_counter() - start
-
-
-def _repeated(fn):
-    def run(job):
-        runs = [fn(job) for _ in range(job.settings.repeats)]
-        seconds = statistics.median(s for _, s in runs)
-        return {"images": runs[0][0], "seconds": seconds,
-                "images_per_sec": runs[0][0] / seconds,
-                "repeats": len(runs)}
-    run.__doc__ = fn.__doc__
-    return run
-
-
 MODES = {
     "forward": forward,
     "extract": extract,
@@ -648,10 +557,7 @@ MODES = {
     "finetune": finetune,
     "seed_recipe": seed_recipe,
     "tlfast_recipe": tlfast_recipe,
-    "bare_decode": _repeated(_bare_decode),
-    "pipeline": _repeated(_pipeline),
-    "pipeline_cached": _repeated(_pipeline_cached),
-    "idg": _repeated(_idg),
+    **inputs.INPUT_MODES,
 }
 
 
@@ -749,109 +655,6 @@ def run_job(mode, job, common):
         keras.mixed_precision.set_global_policy("float32")
     results = result if isinstance(result, list) else [result]
     return [{**base, **r} for r in results]
-
-
-def _key(row):
-    order = {m: i for i, m in enumerate(ALL_MODES)}
-    return (order.get(row["mode"], 99), row["backbone"], row["precision"],
-            row.get("cache", ""))
-
-
-def format_table(rows):
-    """The rows as a fixed-width table, then extract/forward ratios and the
-    recipe speed-ups."""
-    lines = [f"{'mode':<16}{'backbone':<17}{'precision':<16}{'images/s':>10}"
-             f"{'median ms':>11}{'p90 ms':>10}{'compile s':>11}{'seconds':>10}"
-             "  notes"]
-    for row in sorted(rows, key=_key):
-        notes = []
-        if "error" in row:
-            notes.append(f"ERROR {row['error'][:60]}")
-        if "cache" in row:
-            notes.append(f"cache={row['cache']}")
-        if row.get("speedup_vs_seed"):
-            notes.append(f"{row['speedup_vs_seed']:.1f}x vs seed")
-        if "val_accuracy" in row:
-            notes.append(f"val_acc={row['val_accuracy']:.3f}")
-        if row["mode"] == "head" and "error" not in row:
-            notes.append(f"{row['epochs']} epochs x {row['examples']} x "
-                         f"{row['feature_dim']}; steady "
-                         f"{row['steady_images_per_sec']:.0f}/s")
-        fmt = lambda k, spec: format(row[k], spec) if row.get(k) is not None else ""
-        lines.append(
-            f"{row['mode']:<16}{row['backbone'] or '-':<17}"
-            f"{row['precision'] or '-':<16}{fmt('images_per_sec', '.1f'):>10}"
-            f"{fmt('median_step_ms', '.1f'):>11}{fmt('p90_step_ms', '.1f'):>10}"
-            f"{fmt('compile_seconds', '.2f'):>11}{fmt('seconds', '.2f'):>10}"
-            f"  {'; '.join(notes)}".rstrip())
-    ok = {(r["mode"], r["backbone"], r["precision"]): r for r in rows
-          if "error" not in r}
-    ratios = []
-    for (mode, backbone, precision), row in sorted(ok.items()):
-        forward_row = ok.get(("forward", backbone, precision))
-        if mode == "extract" and forward_row:
-            ratio = row["images_per_sec"] / forward_row["images_per_sec"]
-            ratios.append(f"  {backbone:<17}{precision:<16}{ratio:6.2f}")
-    if ratios:
-        lines += ["", "extract / forward (1.0: the input side keeps up with "
-                  "the model):"] + ratios
-    speedups = [f"  {r['backbone']:<17}{r['precision']:<16}{r['cache']:<6}"
-                f"{r['speedup_vs_seed']:7.1f}x  ({r['seconds']:.1f}s)"
-                for r in sorted(rows, key=_key) if r["mode"] == "tlfast_recipe"
-                and r.get("speedup_vs_seed")]
-    if speedups:
-        lines += ["", "tlfast_recipe speed-up over seed_recipe:"] + speedups
-    return "\n".join(lines)
-
-
-def plot(rows, folder):
-    """One PNG bar chart per mode: images/s (seconds for the recipes)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    os.makedirs(folder, exist_ok=True)
-    paths = []
-    # The two recipes share one chart: the point is their comparison.
-    charts = [(m, (m,)) for m in MODEL_MODES + INPUT_MODES]
-    charts.insert(len(MODEL_MODES), ("recipes", RECIPE_MODES))
-    for mode, members in charts:
-        mode_rows = sorted((r for r in rows if r["mode"] in members), key=_key)
-        if not mode_rows:
-            continue
-        recipe = mode == "recipes"
-        field = "seconds" if recipe else "images_per_sec"
-        labels = ["\n".join(filter(None, [r["mode"] if recipe else "",
-                                          r["backbone"], r["precision"],
-                                          r.get("cache")])) or mode
-                  for r in mode_rows]
-        values = [0.0 if "error" in r else r[field] for r in mode_rows]
-        fig, ax = plt.subplots(figsize=(max(4, 1.3 * len(values) + 1.5), 4))
-        bars = ax.bar(range(len(values)), values, color="tab:blue")
-        for bar, r, v in zip(bars, mode_rows, values):
-            text = "OOM/error" if "error" in r else f"{v:.3g}"
-            if r.get("speedup_vs_seed"):
-                text += f"\n{r['speedup_vs_seed']:.1f}x faster"
-            ax.annotate(text, (bar.get_x() + bar.get_width() / 2, v),
-                        ha="center", va="bottom", fontsize=8)
-        ax.set_xticks(range(len(values)), labels, fontsize=8)
-        ax.set_ylabel("wall seconds (lower is better)" if recipe
-                      else "images/s (higher is better)")
-        first = mode_rows[0]
-        ax.set_title(f"{mode}: batch {first['batch_size']}, {first['backend']}, "
-                     f"{first['device']} ({first['cpu_count']} cores)",
-                     fontsize=9)
-        if recipe and max(values, default=0) > 50 * min(
-                (v for v in values if v > 0), default=1):
-            ax.set_yscale("log")  # Warm runs are otherwise invisible.
-        ax.margins(y=0.15)
-        fig.tight_layout()
-        path = os.path.join(folder, f"{mode}.png")
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        paths.append(path)
-    return paths
 
 
 def settings_from_flags():

@@ -330,7 +330,13 @@ class PreparedExamples:
     def ids(self):
         return list(self._ids)
 
-    def _raw(self):
+    def records(self):
+        """The split's records in order, images still encoded.
+
+        Returns:
+          A `tf.data.Dataset` of {"image": string [], "label": int64 [],
+          "id": string [], "relpath": string []}.
+        """
         return self.prepared.builder.as_dataset(
             split=self.split, shuffle_files=False, read_config=READ_CONFIG,
             decoders={"image": tfds.decode.SkipDecoding()})
@@ -363,7 +369,7 @@ class PreparedExamples:
                 element["index"] = tf.identity(element["index"])
             return element
 
-        ds = (self._raw().enumerate()
+        ds = (self.records().enumerate()
               .filter(lambda i, _: tf.gather(mask, i))
               .map(load, num_parallel_calls=tf.data.AUTOTUNE)
               # As for files: a record that no longer decodes is dropped,
@@ -377,12 +383,29 @@ class PreparedExamples:
         key = hashlib.sha256(
             f"{DATASET_NAME}|{self.prepared.fingerprint}|{self.split}|"
             f"{config.image_size}|{config.resize}".encode()).hexdigest()[:20]
-        size, resize = config.image_size, config.resize
-        ds = self._raw().map(
-            lambda e: {"image": pipeline.decode_image(e["image"], size, resize),
-                       "label": tf.cast(e["label"], tf.int32)},
-            num_parallel_calls=tf.data.AUTOTUNE).ignore_errors(log_warning=True)
+        ds = decode_records(self.records(), config.image_size, config.resize)
         return pipeline.finish(ds, len(self), config, training=training, key=key)
+
+
+def decode_records(records, image_size, resize="crop"):
+    """Decodes prepared records to pipeline elements, in parallel, in order.
+
+    Args:
+      records: Dataset of {"image": encoded string, "label": int, ...}, e.g.
+        `PreparedExamples.records()`.
+      image_size: Output side.
+      resize: One of `tlfast.data.pipeline.RESIZE_MODES`.
+
+    Returns:
+      A `tf.data.Dataset` of {"image": uint8 [S, S, 3], "label": int32 []}.
+      A record that no longer decodes is dropped with a warning.
+    """
+    def decode(example):
+        return {"image": pipeline.decode_image(example["image"], image_size, resize),
+                "label": tf.cast(example["label"], tf.int32)}
+
+    return records.map(decode, num_parallel_calls=tf.data.AUTOTUNE,
+                       deterministic=True).ignore_errors(log_warning=True)
 
 
 def prepared_examples(prepared, split, image_size=224, resize="crop"):
