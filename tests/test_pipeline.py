@@ -26,6 +26,23 @@ def test_decode_image_eager_and_in_tf_data(mode):
     np.testing.assert_array_equal(eager.numpy(), graph.numpy())
 
 
+@pytest.mark.parametrize("fmt, size", [("JPEG", (16, 16)), ("JPEG", (30, 50)),
+                                       ("PNG", (16, 16)), ("BMP", (50, 30))])
+@pytest.mark.parametrize("mode", pipeline.RESIZE_MODES)
+def test_decode_shortcuts_give_the_general_paths_pixels(fmt, size, mode):
+    # JPEGs skip decode_image's format dispatch and images already at the
+    # target size skip resizing; neither may change a pixel (the feature
+    # cache relies on that).
+    data = encode(noise_image(size), fmt)
+    general = pipeline.resize_image(tf.io.decode_image(
+        data, channels=3, expand_animations=False), 16, mode)
+    ds = tf.data.Dataset.from_tensors(data).map(
+        lambda d: pipeline.decode_image(d, 16, mode))
+    for got in (pipeline.decode_image(tf.constant(data), 16, mode), next(iter(ds))):
+        assert got.dtype == tf.uint8 and got.shape == (16, 16, 3)
+        np.testing.assert_array_equal(got.numpy(), general.numpy())
+
+
 def test_resize_modes_differ_as_expected():
     image = np.zeros((20, 40, 3), np.uint8)
     image[:, 10:30] = 200  # A bright centre square flanked by black.

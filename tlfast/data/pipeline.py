@@ -111,10 +111,23 @@ def decode_image(data, image_size, mode="resize"):
     Returns:
       uint8 tensor [image_size, image_size, 3].
     """
-    image = tf.io.decode_image(
-        data, channels=3, dtype=tf.uint8, expand_animations=False)
+    # JPEG (most photos) straight to its decoder: the same kernel that
+    # decode_image would pick, without the format dispatch around it.
+    is_jpeg = tf.equal(tf.strings.substr(data, 0, 3), b"\xff\xd8\xff")
+    image = tf.cond(
+        is_jpeg,
+        lambda: tf.io.decode_jpeg(data, channels=3),
+        lambda: tf.io.decode_image(data, channels=3, dtype=tf.uint8,
+                                   expand_animations=False))
     image.set_shape((None, None, 3))
-    return resize_image(image, image_size, mode)
+    shape = tf.shape(image)
+    # Already the target size (e.g. a folder resized beforehand): every mode
+    # would return the image unchanged, so skip the float round trip.
+    return tf.cond(
+        tf.logical_and(tf.equal(shape[0], image_size),
+                       tf.equal(shape[1], image_size)),
+        lambda: tf.ensure_shape(image, (image_size, image_size, 3)),
+        lambda: resize_image(image, image_size, mode))
 
 
 def files_dataset(entries, image_size, resize="resize", indices=None):
