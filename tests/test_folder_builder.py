@@ -5,6 +5,7 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
+import tensorflow_datasets as tfds
 
 from conftest import make_folder
 from conftest import write_image
@@ -100,6 +101,28 @@ def test_images_equal_decode_of_the_original_bytes(junk_folder, tmp_path):
     batches = list(examples.pixels(config, training=False))
     labels = np.concatenate([b["label"].numpy() for b in batches])
     np.testing.assert_array_equal(labels, examples.labels)
+
+
+def test_records_equal_what_tfds_reads(junk_folder, tmp_path, monkeypatch):
+    # records() parses the TFRecords itself, in batches; it must give what
+    # TFDS's own reader gives, in the same order, across batch boundaries.
+    monkeypatch.setattr(folder_builder, "_PARSE_BATCH", 2)
+    for i in range(3):
+        write_image(junk_folder / "cats" / f"extra_{i}.jpg")
+    prepared = _prepare(junk_folder, tmp_path, validation_split=0.25)
+    for split in prepared.splits:
+        examples = folder_builder.prepared_examples(prepared, split)
+        ours = list(examples.records().as_numpy_iterator())
+        theirs = list(prepared.builder.as_dataset(
+            split=split, shuffle_files=False,
+            read_config=folder_builder.READ_CONFIG,
+            decoders={"image": tfds.decode.SkipDecoding()}).as_numpy_iterator())
+        assert len(ours) == len(theirs) == len(examples) > 0
+        for a, b in zip(ours, theirs):
+            assert a.keys() == b.keys()
+            for key in a:
+                assert a[key] == b[key], key
+        assert [r["id"].decode() for r in ours] == examples.ids
 
 
 def test_unchanged_folder_is_reused(junk_folder, tmp_path, caplog):
