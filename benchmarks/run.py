@@ -296,7 +296,7 @@ class _StepTimer:
 
 
 def _extract_once(job, model, count, cache_dir):
-    """`extract_features` as `tlfast.training._extract` runs it, over the
+    """`extract_features` as `tlfast.extraction._extract` runs it, over the
     first `count` prepared examples; returns (seconds, step seconds)."""
     size, resize, batch = job.image_size, job.settings.resize, job.settings.batch_size
     key = features_lib.FeatureKey(

@@ -7,7 +7,6 @@ the global seed).
 
 import contextlib
 import dataclasses
-import hashlib
 import logging
 import os
 import platform
@@ -21,7 +20,7 @@ import tensorflow as tf
 
 from tlfast import backbones
 from tlfast import distribute
-from tlfast import features as features_lib
+from tlfast import extraction
 from tlfast import head as head_lib
 from tlfast import model as model_lib
 from tlfast import run_data
@@ -206,124 +205,6 @@ def head_config(config):
         label_smoothing=config.label_smoothing, seed=config.seed)
 
 
-def _extract(examples, feature_model, key, config, phase, workers, strategy):
-    """Cached features of `examples` (see `tlfast.data.examples`), one view.
-
-    With several workers each forwards its part into the shared cache; after
-    a barrier every worker reads the whole of it.
-
-    Returns:
-      (features float32 [N, D], ExtractStats with `forwarded` summed over
-      the workers).
-    """
-    cache = features_lib.FeatureCache(os.path.expanduser(config.cache_dir), key)
-    offset = phase.done
-    ids = examples.ids
-
-    def progress(done, total, rate):
-        phase.update(offset + done)
-
-    def make_dataset(indices):
-        return examples.batched(indices, config.batch_size)
-
-    def extract(part=None):
-        return features_lib.extract_features(
-            ids, make_dataset, feature_model, cache,
-            shard_size=config.feature_shard_size, progress=progress, part=part)
-
-    if workers.count == 1:
-        return extract()
-    _, mine = extract(part=(workers.index, workers.count))
-    log.info("Worker %d of %d forwarded %d image(s) of its part",
-             workers.index, workers.count, mine.forwarded)
-    forwarded = distribute.all_sum(strategy, mine.forwarded)  # Barrier.
-    features, stats = extract()
-    if stats.forwarded:
-        log.warning(
-            "Worker %d had to compute %d features that the other workers "
-            "computed: is --cache_dir on storage that all workers share?",
-            workers.index, stats.forwarded)
-    return features, dataclasses.replace(
-        stats, forwarded=int(round(forwarded)) + stats.forwarded)
-
-
-def extract_all(train, validation, backbone_model, spec, size, canonical, config,
-                timings, strategy=None):
-    """Features for every training view and for validation."""
-    workers = distribute.workers_of(strategy)
-    base = dict(backbone=spec.name,
-                weights=weights_fingerprint(config.weights, backbone_model),
-                image_size=size, resize=config.resize,
-                preprocessing=spec.preprocessing,
-                precision=keras.mixed_precision.global_policy().name,
-                dtype=config.feature_dtype)
-    jobs = [(validation, features_lib.FeatureKey(**base), None)]
-    for view in range(config.augment_views + 1):
-        augmentation = None
-        if view:
-            augmentation = augment_lib.make_augmentation(
-                canonical, seed=config.seed * 1000 + view)
-        key = features_lib.FeatureKey(**base, view=view,
-                                      augment=canonical if view else "",
-                                      seed=config.seed if view else 0)
-        jobs.append((train, key, augmentation))
-    total = sum(len(entries) for entries, _, _ in jobs)
-    results, stats = [], []
-    with Phase("extract", total=total, timings=timings) as phase:
-        clean = model_lib.build_feature_model(backbone_model)
-        for entries, key, augmentation in jobs:
-            feature_model = clean if augmentation is None else (
-                model_lib.build_feature_model(backbone_model, augmentation,
-                                              always_augment=True))
-            if workers.count > 1:
-                feature_model = _LocalPredictor(feature_model)
-            offset = phase.done
-            feats, stat = _extract(entries, feature_model, key, config, phase,
-                                   workers, strategy)
-            phase.update(offset + len(entries), force=True)
-            results.append(feats)
-            stats.append(stat)
-    forwarded = sum(s.forwarded for s in stats)
-    cached = sum(s.cached for s in stats)
-    status = "hit" if not forwarded else ("miss" if not cached else "partial")
-    val_features, train_views = results[0], results[1:]
-    digests = [key.digest() for _, key, _ in jobs]
-    return val_features, train_views, status, forwarded, stats, digests
-
-
-class _LocalPredictor:
-    """`predict_on_batch` without cross-worker gathering.
-
-    Under MultiWorkerMirroredStrategy Keras's predict concatenates every
-    worker's outputs (a collective), but each worker extracts its own part:
-    a plain compiled call on the local copy of the weights is what it needs.
-    """
-
-    def __init__(self, model):
-        self._call = tf.function(lambda x: model(x, training=False),
-                                 reduce_retracing=True)
-
-    def predict_on_batch(self, images):
-        return self._call(images).numpy()
-
-
-def weights_fingerprint(weights, backbone_model):
-    """The weights part of the feature-cache key.
-
-    "imagenet" and files have a stable identity of their own. Random
-    initialisation does not: its identity is a hash of the initial weights
-    themselves, so features from one random backbone are never served to
-    another (same seed, same weights, same key).
-    """
-    identity = backbones.weights_identity(weights)
-    if identity != "none":
-        return identity
-    digest = hashlib.sha256()
-    for weight in backbone_model.weights:
-        digest.update(np.ascontiguousarray(np.asarray(weight)).tobytes())
-    return "random:" + digest.hexdigest()[:16]
-
-
 def fine_tune(classifier, backbone_model, spec, train, validation, size, config,
               timings, callbacks):
     """Trains the top blocks end to end on the uint8 pixel pipeline."""
@@ -416,7 +297,7 @@ def _run_training(config, replicas, strategy=None):
              len(data.class_names), len(train), len(validation))
     check_free_space(os.path.expanduser(config.cache_dir),
                      estimate_cache_bytes(data, spec, size, config))
-    val_x, train_views, cache_status, forwarded, stats, digests = extract_all(
+    val_x, train_views, cache_status, forwarded, stats, digests = extraction.extract_all(
         train, validation, backbone_model, spec, size, canonical, config, timings,
         strategy)
     # Rows in content-id order: the head then trains on the same sequence
@@ -481,7 +362,7 @@ def _run_training(config, replicas, strategy=None):
                      "precision": keras.mixed_precision.global_policy().name,
                      "replicas": replicas,
                      "workers": distribute.workers_of(strategy).count,
-                     "weights_identity": digests and weights_fingerprint(
+                     "weights_identity": digests and extraction.weights_fingerprint(
                          config.weights, backbone_model)},
         "versions": {"tensorflow": tf.__version__, "keras": keras.__version__,
                      "python": platform.python_version(),
