@@ -17,21 +17,31 @@ def local_service():
         server._stop()
 
 
-def test_training_through_the_data_service_matches_local(tmp_path, local_service):
+@pytest.mark.parametrize("prepare_tfds", [True, False])
+def test_training_through_the_data_service_matches_local(
+        tmp_path, local_service, monkeypatch, prepare_tfds):
     register_tiny_backbone()
     root = make_folder(tmp_path / "data", {"a": 20, "b": 20})
     local = training.TrainConfig(
         data_dir=str(root), output_dir=str(tmp_path / "local"),
         cache_dir=str(tmp_path / "cache_local"), backbone="tiny_test",
-        weights=None, image_size=32, epochs=5, batch_size=8)
+        weights=None, image_size=32, epochs=5, batch_size=8,
+        prepare_tfds=prepare_tfds)
     served = dataclasses.replace(
         local, output_dir=str(tmp_path / "served"),
         cache_dir=str(tmp_path / "cache_served"),
         data_service_address=local_service)
     keras.utils.set_random_seed(0)
     a = training.run_training(local)
+    # Every extraction (validation, train) must go through the service.
+    calls = []
+    real = service.distribute
+    monkeypatch.setattr(service, "distribute",
+                        lambda ds, address, **kw: calls.append(address) or
+                        real(ds, address, **kw))
     keras.utils.set_random_seed(0)
     b = training.run_training(served)
+    assert len(calls) >= 2 and set(calls) == {local_service}
     assert b["backbone_images_forwarded"] == a["backbone_images_forwarded"] == 40
     assert (b["num_train"], b["num_val"]) == (a["num_train"], a["num_val"])
     assert b["val_accuracy"] == pytest.approx(a["val_accuracy"], abs=0.01)

@@ -71,8 +71,8 @@ def load_prepared_data(config, size, timings):
     prepare.log_skipped(prepared.skipped)
     sets, entries = {}, {}
     for split in ("train", "validation"):
-        sets[split] = folder_builder.prepared_examples(prepared, split, size,
-                                                       config.resize)
+        sets[split] = folder_builder.prepared_examples(
+            prepared, split, size, config.resize, config.data_service_address)
         ids, labels = prepared.index[split]
         # FileEntry views of the records, for the split file and evaluation.
         entries[split] = [

@@ -320,13 +320,17 @@ class PreparedExamples:
     as `FileExamples` gives, so both share the feature cache.
     """
 
-    def __init__(self, prepared, split, image_size=224, resize="crop"):
+    def __init__(self, prepared, split, image_size=224, resize="crop",
+                 service=None):
         if split not in prepared.splits:
             raise ValueError(
                 f"The prepared folder '{prepared.root}' has no split "
                 f"'{split}'. Available: {list(prepared.splits)}")
         self.prepared, self.split = prepared, split
         self.image_size, self.resize = image_size, resize
+        # tf.data service address: decoding then runs on its workers, which
+        # must see the prepared records at the same path.
+        self.service = service
         self.class_names = prepared.class_names
         ids, self.labels = prepared.index[split]
         self._ids = list(ids)
@@ -365,6 +369,8 @@ class PreparedExamples:
         mask = np.zeros(len(self), bool)
         mask[np.asarray(list(indices), np.int64)] = True
         mask = tf.constant(mask)
+        if self.service:
+            return self._served_batched(mask, batch_size)
         expected = tf.constant(self._ids or [""], tf.string)
         size, resize = self.image_size, self.resize
 
@@ -393,8 +399,48 @@ class PreparedExamples:
               .map(check))
         return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
+    def _served_batched(self, mask, batch_size):
+        """`batched` with decoding on tf.data service workers.
+
+        Served records arrive in any order and from any worker, so each one's
+        position comes from its id, on this side of the service.
+        """
+        from tlfast.data import service
+
+        size, resize = self.image_size, self.resize
+        ds = self.records().map(
+            lambda e: {"image": pipeline.decode_image(e["image"], size, resize),
+                       "label": tf.cast(e["label"], tf.int32), "id": e["id"]},
+            num_parallel_calls=tf.data.AUTOTUNE).ignore_errors(log_warning=True)
+        ds = service.distribute(ds, self.service)
+        positions = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(
+                tf.constant(self._ids or [""], tf.string),
+                tf.range(max(len(self._ids), 1), dtype=tf.int32)), -1)
+
+        def locate(element):
+            element = dict(element)
+            element["index"] = positions.lookup(element.pop("id"))
+            return element
+
+        ds = ds.map(locate).filter(
+            lambda e: tf.logical_and(e["index"] >= 0,
+                                     tf.gather(mask, tf.maximum(e["index"], 0))))
+        return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
     def pixels(self, config, *, training):
         """The cached, (shuffled,) batched pipeline of the whole split."""
+        if self.service:
+            from tlfast.data import service
+
+            # Served elements arrive in any order: cache in RAM or not at
+            # all (a disk cache would freeze one arbitrary order).
+            config = dataclasses.replace(
+                config, cache="memory" if pipeline.choose_cache(
+                    len(self), config) == "memory" else "none")
+            ds = service.distribute(decode_records(
+                self.records(), config.image_size, config.resize), self.service)
+            return pipeline.finish(ds, len(self), config, training=training)
         key = hashlib.sha256(
             f"{DATASET_NAME}|{self.prepared.fingerprint}|{self.split}|"
             f"{config.image_size}|{config.resize}".encode()).hexdigest()[:20]
@@ -423,10 +469,14 @@ def decode_records(records, image_size, resize="crop"):
                        deterministic=True).ignore_errors(log_warning=True)
 
 
-def prepared_examples(prepared, split, image_size=224, resize="crop"):
+def prepared_examples(prepared, split, image_size=224, resize="crop",
+                      service=None):
     """A `PreparedExamples` of one split ("train", "validation" or "test").
+
+    Args:
+      service: Optional tf.data service address for the decoding.
 
     Raises:
       ValueError: `prepared` has no such split.
     """
-    return PreparedExamples(prepared, split, image_size, resize)
+    return PreparedExamples(prepared, split, image_size, resize, service)
