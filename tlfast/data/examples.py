@@ -8,7 +8,6 @@ cached/shuffled pixel pipeline (fine-tuning). Both decode through
 same pixels.
 """
 
-import dataclasses
 import hashlib
 
 import numpy as np
@@ -59,13 +58,10 @@ class FileExamples:
         if not self.service:
             return pipeline.image_folder_dataset(self.entries, config,
                                                  training=training)
-        # Served elements arrive in any order: cache in RAM or not at all
-        # (a disk cache keyed by content would freeze one arbitrary order).
-        config = dataclasses.replace(
-            config, cache="memory" if pipeline.choose_cache(
-                len(self), config) == "memory" else "none")
-        return pipeline.finish(self._decoded(self.entries), len(self), config,
-                               training=training)
+        from tlfast.data import service
+
+        return service.finish_served(self._decoded(self.entries), len(self),
+                                     config, training=training)
 
 
 class TfdsExamples:

@@ -433,14 +433,10 @@ class PreparedExamples:
         if self.service:
             from tlfast.data import service
 
-            # Served elements arrive in any order: cache in RAM or not at
-            # all (a disk cache would freeze one arbitrary order).
-            config = dataclasses.replace(
-                config, cache="memory" if pipeline.choose_cache(
-                    len(self), config) == "memory" else "none")
             ds = service.distribute(decode_records(
                 self.records(), config.image_size, config.resize), self.service)
-            return pipeline.finish(ds, len(self), config, training=training)
+            return service.finish_served(ds, len(self), config,
+                                         training=training)
         key = hashlib.sha256(
             f"{DATASET_NAME}|{self.prepared.fingerprint}|{self.split}|"
             f"{config.image_size}|{config.resize}".encode()).hexdigest()[:20]

@@ -10,7 +10,11 @@ Local use:   tlfast-data-service --port=5050 --workers=2
 Then train:  tlfast-train ... --data_service_address=grpc://localhost:5050
 """
 
+import dataclasses
+
 import tensorflow as tf
+
+from tlfast.data import pipeline
 
 
 def distribute(ds, address, job_name=None):
@@ -30,6 +34,24 @@ def distribute(ds, address, job_name=None):
     return ds.apply(tf.data.experimental.service.distribute(
         processing_mode=tf.data.experimental.service.ShardingPolicy.DYNAMIC,
         service=address, job_name=job_name))
+
+
+def finish_served(ds, num_examples, config, *, training):
+    """`pipeline.finish` for elements that came through the service.
+
+    Served elements arrive in any order: they are cached in RAM or not at
+    all (a disk cache keyed by content would freeze one arbitrary order).
+
+    Args:
+      ds: Unbatched decoded elements, already `distribute`d.
+      num_examples: How many there are.
+      config: A `pipeline.PipelineConfig`.
+      training: As for `pipeline.finish`.
+    """
+    config = dataclasses.replace(
+        config, cache="memory" if pipeline.choose_cache(
+            num_examples, config) == "memory" else "none")
+    return pipeline.finish(ds, num_examples, config, training=training)
 
 
 def start_local_service(num_workers=2, port=0):
