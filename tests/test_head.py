@@ -97,3 +97,42 @@ def test_predict_head_matches_keras_predict():
     assert got.dtype == np.float32 and got.shape == (50, 3)
     np.testing.assert_allclose(got, expected, atol=1e-6)
     assert head_lib.predict_head(head, x[:0]).shape == (0, 3)
+
+
+@pytest.mark.parametrize("hidden_units,label_smoothing", [(0, 0.0), (8, 0.1)])
+def test_compiled_epochs_match_the_train_on_batch_loop(
+        monkeypatch, hidden_units, label_smoothing):
+    # Same steps, same dropout draws, same Keras loss and optimizer: the
+    # one-call-per-epoch path must give what train_on_batch gives, step for
+    # step (200 examples in batches of 64: a short last batch too).
+    (x, y), (vx, vy) = _blobs(), _blobs(seed=3, n=50)
+    config = head_lib.HeadConfig(epochs=4, batch_size=64, patience=0,
+                                 hidden_units=hidden_units, dropout=0.3,
+                                 label_smoothing=label_smoothing)
+
+    def train():
+        keras.utils.set_random_seed(0)
+        head = head_lib.build_head(16, 3, config)
+        history = head_lib.train_head(head, (x, y), (vx, vy), config).history
+        return history, head.get_weights()
+
+    compiled_history, compiled_weights = train()
+    monkeypatch.setattr(head_lib, "_compiled_epochs", lambda *a, **k: None)
+    loop_history, loop_weights = train()
+    assert set(compiled_history) == set(loop_history) == {
+        "loss", "accuracy", "val_loss", "val_accuracy"}
+    for key, values in loop_history.items():
+        np.testing.assert_allclose(compiled_history[key], values, rtol=1e-5,
+                                   err_msg=key)
+    for got, expected in zip(compiled_weights, loop_weights):
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_compiled_epochs_are_used_with_tensorflow():
+    x, y = _blobs(n=20)
+    head = head_lib.build_head(16, 3)
+    head_lib.compile_classifier(head, 1e-3)
+    run = head_lib._compiled_epochs(head, x, y.astype("int32"), None, 8)
+    assert run is not None
+    logs = run(np.arange(20))
+    assert set(logs) == {"loss", "accuracy"} and logs["loss"] > 0

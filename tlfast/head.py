@@ -128,6 +128,15 @@ def _epoch_metrics(model):
         del model.reset_metrics
 
 
+def _epoch_on_batches(head, x, y, order, batch_size):
+    """One epoch of `train_on_batch` steps; the epoch's mean loss/accuracy."""
+    with _epoch_metrics(head):
+        for start in range(0, len(x), batch_size):
+            batch = order[start:start + batch_size]
+            out = head.train_on_batch(x[batch], y[batch], return_dict=True)
+    return {"loss": out["loss"], "accuracy": out["accuracy"]}
+
+
 def _evaluate(head, x, y, batch_size=8192):
     """(loss, accuracy) over arrays, in few large batches."""
     with _epoch_metrics(head):
@@ -157,12 +166,85 @@ def predict_head(head, features, batch_size=8192):
     return np.concatenate(chunks).astype(np.float32, copy=False)
 
 
+def _compiled_epochs(head, x, y, validation, batch_size):
+    """One compiled TensorFlow call per epoch (training and validation), or None.
+
+    `train_on_batch` costs a few milliseconds of Python per call, far more
+    than a step of a small head; looping over the batches inside one traced
+    function pays that once per epoch. The step is Keras's own (the
+    compiled loss via `compute_loss`, `optimizer.scale_loss`/`apply`), so
+    the results match the `train_on_batch` loop. Only for the TensorFlow
+    backend outside a distribution strategy (replicas need `strategy.run`);
+    elsewhere the caller keeps the loop.
+
+    Returns:
+      A function `order -> logs` (a dict of floats), or None.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return None
+    import tensorflow as tf
+
+    if tf.distribute.has_strategy():
+        return None
+    x, y = tf.constant(x), tf.constant(y)
+    variables = head.trainable_variables
+    optimizer = head.optimizer
+
+    def correct(labels, probs):
+        predicted = tf.cast(tf.argmax(probs, axis=-1), labels.dtype)
+        return tf.reduce_sum(tf.cast(tf.equal(predicted, labels), tf.float32))
+
+    def step(start, loss_sum, correct_sum, order):
+        batch = order[start:start + batch_size]
+        xb, yb = tf.gather(x, batch), tf.gather(y, batch)
+        with tf.GradientTape() as tape:
+            probs = head(xb, training=True)
+            loss = head.compute_loss(x=xb, y=yb, y_pred=probs, training=True)
+            scaled = optimizer.scale_loss(loss)
+        optimizer.apply(tape.gradient(scaled, variables), variables)
+        size = tf.cast(tf.shape(batch)[0], tf.float32)
+        return (start + batch_size, loss_sum + tf.cast(loss, tf.float32) * size,
+                correct_sum + correct(yb, probs), order)
+
+    if validation is not None:
+        vx, vy = tf.constant(validation[0]), tf.constant(validation[1])
+    names = ["loss", "accuracy"] + (["val_loss", "val_accuracy"]
+                                    if validation is not None else [])
+
+    # Graph code without autograph: converting Keras's layers and optimizer
+    # as well would add half again to the tracing, the bulk of the cost.
+    @tf.function(autograph=False)
+    def epoch(order):
+        n = tf.shape(order)[0]
+        _, loss_sum, correct_sum, _ = tf.while_loop(
+            lambda start, *_: start < n, step,
+            (tf.constant(0), tf.constant(0.0), tf.constant(0.0), order))
+        n = tf.cast(n, tf.float32)
+        logs = [loss_sum / n, correct_sum / n]
+        if validation is not None:
+            # One batch: the head is a matrix product, and the loss of the
+            # whole set is then exactly `evaluate`'s.
+            probs = head(vx, training=False)
+            loss = head.compute_loss(x=vx, y=vy, y_pred=probs, training=False)
+            logs += [tf.cast(loss, tf.float32),
+                     correct(vy, probs) / tf.cast(tf.shape(vy)[0], tf.float32)]
+        return tf.stack(logs)
+
+    def run(order):
+        values = epoch(tf.constant(order, tf.int32)).numpy()
+        return {name: float(v) for name, v in zip(names, values)}
+
+    return run
+
+
 def train_head(head, train, validation=None, config=HeadConfig(), callbacks=()):
     """Fits the head on in-memory features.
 
-    A plain `train_on_batch` loop instead of `fit`: on a few thousand cached
+    An epoch loop of its own instead of `fit`: on a few thousand cached
     vectors, `fit`'s per-epoch set-up (iterators, validation) costs more
-    than the training itself. Keras callbacks still see every epoch.
+    than the training itself. With TensorFlow each epoch is one compiled
+    call; otherwise `train_on_batch` per step. Keras callbacks still see
+    every epoch.
 
     Args:
       head: From `build_head`.
@@ -190,6 +272,8 @@ def train_head(head, train, validation=None, config=HeadConfig(), callbacks=()):
     if validation is not None:
         vx = np.asarray(validation[0], np.float32)
         vy = np.asarray(validation[1], np.int32)
+    run_epoch = _compiled_epochs(
+        head, x, y, None if validation is None else (vx, vy), config.batch_size)
     rng = np.random.default_rng(config.seed)
     history = _History()
     callback_list = keras.callbacks.CallbackList(
@@ -200,14 +284,13 @@ def train_head(head, train, validation=None, config=HeadConfig(), callbacks=()):
     for epoch in range(config.epochs):
         callback_list.on_epoch_begin(epoch)
         order = rng.permutation(len(x))
-        with _epoch_metrics(head):
-            for start in range(0, len(x), config.batch_size):
-                batch = order[start:start + config.batch_size]
-                out = head.train_on_batch(x[batch], y[batch], return_dict=True)
-        logs = {"loss": out["loss"], "accuracy": out["accuracy"]}
-        if validation is not None:
-            logs["val_loss"], logs["val_accuracy"] = _evaluate(head, vx, vy)
-        logs = {k: float(v) for k, v in logs.items()}
+        if run_epoch:
+            logs = run_epoch(order)
+        else:
+            logs = _epoch_on_batches(head, x, y, order, config.batch_size)
+            if validation is not None:
+                logs["val_loss"], logs["val_accuracy"] = _evaluate(head, vx, vy)
+            logs = {k: float(v) for k, v in logs.items()}
         for k, v in logs.items():
             history.history.setdefault(k, []).append(v)
         callback_list.on_epoch_end(epoch, logs)
