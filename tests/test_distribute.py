@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import make_folder
+from conftest import tiny_train_config
 from test_backbones import register_tiny_backbone
 from tlfast import distribute
 from tlfast import training
@@ -80,11 +81,8 @@ def test_workers_of_a_cluster_with_a_chief(monkeypatch):
 def test_mirrored_training_on_one_cpu_device(tmp_path):
     register_tiny_backbone()
     root = make_folder(tmp_path / "data", {"a": 10, "b": 10})
-    config = training.TrainConfig(
-        data_dir=str(root), output_dir=str(tmp_path / "out"),
-        cache_dir=str(tmp_path / "cache"), backbone="tiny_test", weights=None,
-        image_size=32, epochs=3, batch_size=4, fine_tune_epochs=1,
-        distribution="mirrored")
+    config = tiny_train_config(tmp_path, root, batch_size=4, fine_tune_epochs=1,
+                               distribution="mirrored")
     keras.utils.set_random_seed(0)
     metrics = training.run_training(config)
     assert metrics["num_train"] + metrics["num_val"] == 20
@@ -129,11 +127,8 @@ def _shard_ids(cache_dir):
 
 def test_multi_worker_two_local_processes(tmp_path):
     root = make_folder(tmp_path / "data", {"a": 12, "b": 12})
-    config = training.TrainConfig(
-        data_dir=str(root), output_dir=str(tmp_path / "out"),
-        cache_dir=str(tmp_path / "cache"), backbone="tiny_test", weights=None,
-        image_size=32, epochs=3, batch_size=4, feature_shard_size=4,
-        distribution="multi_worker")
+    config = tiny_train_config(tmp_path, root, batch_size=4, feature_shard_size=4,
+                               distribution="multi_worker")
     code = _WORKER.format(repo=REPO, tests=os.path.join(REPO, "tests"),
                           config=json.dumps(dataclasses.asdict(config)))
     cluster = {"worker": [f"localhost:{p}" for p in _free_ports(2)]}

@@ -20,6 +20,7 @@ import pytest
 from conftest import encode
 from conftest import make_folder
 from conftest import noise_image
+from conftest import tiny_train_config
 from test_backbones import register_tiny_backbone
 from tlfast import training
 from tlfast.data import scan
@@ -100,11 +101,8 @@ def deny_unreadable(monkeypatch):
 def tiny(tmp_path):
     register_tiny_backbone()
     root = make_folder(tmp_path / "data", {"ants": 10, "bees": 10})
-    return training.TrainConfig(
-        data_dir=str(root), output_dir=str(tmp_path / "out"),
-        cache_dir=str(tmp_path / "cache"), backbone="tiny_test", weights=None,
-        image_size=32, epochs=2, batch_size=8, validation_split=0.3,
-        max_pixels=100 * 100)
+    return tiny_train_config(tmp_path, root, epochs=2, validation_split=0.3,
+                             max_pixels=100 * 100)
 
 
 def test_random_init_is_part_of_the_cache_key(tiny):
@@ -220,10 +218,7 @@ def _all_features(cache_dir):
 @pytest.fixture
 def kill_config(tmp_path):
     root = make_folder(tmp_path / "data", {"ants": 40, "bees": 40})
-    return training.TrainConfig(
-        data_dir=str(root), output_dir=str(tmp_path / "out"),
-        cache_dir=str(tmp_path / "cache"), backbone="tiny_test", weights=None,
-        image_size=32, epochs=3, batch_size=8, feature_shard_size=8)
+    return tiny_train_config(tmp_path, root, feature_shard_size=8)
 
 
 @pytest.mark.parametrize("point", ["scan", "extract", "head"])

@@ -10,6 +10,7 @@ import pytest
 
 from conftest import make_folder
 from conftest import noise_image
+from conftest import tiny_train_config
 from conftest import write_image
 from test_backbones import register_tiny_backbone
 from tlfast import predict
@@ -33,10 +34,8 @@ def train_run(root, backbone="tiny_test", augment="standard"):
     make_folder(data / "val", {c: 3 for c in CLASSES}, size=(44, 36))
     (data / "val" / "bees" / "junk.jpg").write_text("not an image")
     keras.utils.set_random_seed(0)
-    config = training.TrainConfig(
-        data_dir=str(data), output_dir=str(root / "run"),
-        cache_dir=str(root / "cache"), backbone=backbone, weights=None,
-        image_size=32, epochs=2, batch_size=8, augment=augment)
+    config = tiny_train_config(root, data, output_dir=str(root / "run"),
+                               backbone=backbone, epochs=2, augment=augment)
     training.run_training(config)
     return config.output_dir, str(data)
 

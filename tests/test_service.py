@@ -4,6 +4,7 @@ import keras
 import pytest
 
 from conftest import make_folder
+from conftest import tiny_train_config
 from test_backbones import register_tiny_backbone
 from tlfast import training
 from tlfast.data import service
@@ -22,10 +23,9 @@ def test_training_through_the_data_service_matches_local(
         tmp_path, local_service, monkeypatch, prepare_tfds):
     register_tiny_backbone()
     root = make_folder(tmp_path / "data", {"a": 20, "b": 20})
-    local = training.TrainConfig(
-        data_dir=str(root), output_dir=str(tmp_path / "local"),
-        cache_dir=str(tmp_path / "cache_local"), backbone="tiny_test",
-        weights=None, image_size=32, epochs=5, batch_size=8,
+    local = tiny_train_config(
+        tmp_path, root, output_dir=str(tmp_path / "local"),
+        cache_dir=str(tmp_path / "cache_local"), epochs=5,
         prepare_tfds=prepare_tfds)
     served = dataclasses.replace(
         local, output_dir=str(tmp_path / "served"),
@@ -51,11 +51,9 @@ def test_training_through_the_data_service_matches_local(
 def test_fine_tuning_reads_pixels_through_the_service(tmp_path, local_service):
     register_tiny_backbone()
     root = make_folder(tmp_path / "data", {"a": 10, "b": 10})
-    config = training.TrainConfig(
-        data_dir=str(root), output_dir=str(tmp_path / "out"),
-        cache_dir=str(tmp_path / "cache"), backbone="tiny_test", weights=None,
-        image_size=32, epochs=2, batch_size=4, fine_tune_epochs=1,
-        data_service_address=local_service)
+    config = tiny_train_config(tmp_path, root, epochs=2, batch_size=4,
+                               fine_tune_epochs=1,
+                               data_service_address=local_service)
     keras.utils.set_random_seed(0)
     metrics = training.run_training(config)
     assert 0.0 <= metrics["val_accuracy"] <= 1.0

@@ -11,6 +11,7 @@ import pytest
 
 from conftest import assets_path
 from conftest import make_folder
+from conftest import tiny_train_config
 from test_backbones import register_tiny_backbone
 from tlfast import backbones
 from tlfast import training
@@ -29,10 +30,7 @@ def _run(config):
 def tiny_config(tmp_path, flat_folder):
     register_tiny_backbone()
     keras.utils.set_random_seed(0)
-    return training.TrainConfig(
-        data_dir=str(flat_folder), output_dir=str(tmp_path / "out"),
-        cache_dir=str(tmp_path / "cache"), backbone="tiny_test", weights=None,
-        image_size=32, epochs=3, batch_size=8, validation_split=0.25)
+    return tiny_train_config(tmp_path, flat_folder, validation_split=0.25)
 
 
 def test_outputs_and_metrics(tiny_config):
