@@ -375,9 +375,8 @@ class PreparedExamples:
         size, resize = self.image_size, self.resize
 
         def load(i, example):
-            return {"image": pipeline.decode_image(example["image"], size, resize),
-                    "label": tf.cast(example["label"], tf.int32),
-                    "index": tf.cast(i, tf.int32), "id": example["id"]}
+            return {**_decode_record(example, size, resize, keep=("id",)),
+                    "index": tf.cast(i, tf.int32)}
 
         def check(element):
             # A stale index would pair features with the wrong ids in the
@@ -409,8 +408,7 @@ class PreparedExamples:
 
         size, resize = self.image_size, self.resize
         ds = self.records().map(
-            lambda e: {"image": pipeline.decode_image(e["image"], size, resize),
-                       "label": tf.cast(e["label"], tf.int32), "id": e["id"]},
+            lambda e: _decode_record(e, size, resize, keep=("id",)),
             num_parallel_calls=tf.data.AUTOTUNE).ignore_errors(log_warning=True)
         ds = service.distribute(ds, self.service)
         positions = tf.lookup.StaticHashTable(
@@ -444,6 +442,15 @@ class PreparedExamples:
         return pipeline.finish(ds, len(self), config, training=training, key=key)
 
 
+def _decode_record(example, image_size, resize, keep=()):
+    """A record's pipeline element: decoded uint8 image, int32 label, and
+    the record's fields named in `keep` as they are."""
+    element = {"image": pipeline.decode_image(example["image"], image_size, resize),
+               "label": tf.cast(example["label"], tf.int32)}
+    element.update((name, example[name]) for name in keep)
+    return element
+
+
 def decode_records(records, image_size, resize="crop"):
     """Decodes prepared records to pipeline elements, in parallel, in order.
 
@@ -457,11 +464,8 @@ def decode_records(records, image_size, resize="crop"):
       A `tf.data.Dataset` of {"image": uint8 [S, S, 3], "label": int32 []}.
       A record that no longer decodes is dropped with a warning.
     """
-    def decode(example):
-        return {"image": pipeline.decode_image(example["image"], image_size, resize),
-                "label": tf.cast(example["label"], tf.int32)}
-
-    return records.map(decode, num_parallel_calls=tf.data.AUTOTUNE,
+    return records.map(lambda e: _decode_record(e, image_size, resize),
+                       num_parallel_calls=tf.data.AUTOTUNE,
                        deterministic=True).ignore_errors(log_warning=True)
 
 
