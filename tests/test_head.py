@@ -99,9 +99,19 @@ def test_predict_head_matches_keras_predict():
     assert head_lib.predict_head(head, x[:0]).shape == (0, 3)
 
 
-@pytest.mark.parametrize("hidden_units,label_smoothing", [(0, 0.0), (8, 0.1)])
+@pytest.fixture
+def policy(request):
+    keras.mixed_precision.set_global_policy(request.param)
+    yield request.param
+    keras.mixed_precision.set_global_policy("float32")
+
+
+@pytest.mark.parametrize("hidden_units,label_smoothing,policy", [
+    (0, 0.0, "float32"), (8, 0.1, "float32"),
+    # Under mixed_float16 compile wraps Adam in a LossScaleOptimizer.
+    (0, 0.0, "mixed_float16")], indirect=["policy"])
 def test_compiled_epochs_match_the_train_on_batch_loop(
-        monkeypatch, hidden_units, label_smoothing):
+        monkeypatch, hidden_units, label_smoothing, policy):
     # Same steps, same dropout draws, same Keras loss and optimizer: the
     # one-call-per-epoch path must give what train_on_batch gives, step for
     # step (200 examples in batches of 64: a short last batch too).
@@ -114,11 +124,13 @@ def test_compiled_epochs_match_the_train_on_batch_loop(
         keras.utils.set_random_seed(0)
         head = head_lib.build_head(16, 3, config)
         history = head_lib.train_head(head, (x, y), (vx, vy), config).history
-        return history, head.get_weights()
+        return history, head.get_weights(), type(head.optimizer).__name__
 
-    compiled_history, compiled_weights = train()
+    compiled_history, compiled_weights, optimizer = train()
     monkeypatch.setattr(head_lib, "_compiled_epochs", lambda *a, **k: None)
-    loop_history, loop_weights = train()
+    loop_history, loop_weights, _ = train()
+    if policy == "mixed_float16":
+        assert optimizer == "LossScaleOptimizer"
     assert set(compiled_history) == set(loop_history) == {
         "loss", "accuracy", "val_loss", "val_accuracy"}
     for key, values in loop_history.items():
