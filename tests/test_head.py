@@ -1,3 +1,6 @@
+import gc
+import os
+
 import keras
 import numpy as np
 import pytest
@@ -89,6 +92,18 @@ def test_config_validation(kwargs):
         head_lib.HeadConfig(**kwargs)
 
 
+@pytest.mark.parametrize("train,validation", [
+    ((np.zeros((0, 16), "float32"), np.zeros(0, int)), None),
+    ((np.zeros((4, 16), "float32"), np.zeros(3, int)), None),
+    ((np.zeros((4, 16), "float32"), np.zeros(4, int)),
+     (np.zeros((0, 16), "float32"), np.zeros(0, int))),
+])
+def test_empty_or_mismatched_examples_are_refused(train, validation):
+    head = head_lib.build_head(16, 3)
+    with pytest.raises(ValueError, match="Received: "):
+        head_lib.train_head(head, train, validation, head_lib.HeadConfig())
+
+
 def test_predict_head_matches_keras_predict():
     x, _ = _blobs(n=50)
     head = head_lib.build_head(16, 3)
@@ -116,6 +131,8 @@ def test_compiled_epochs_match_the_train_on_batch_loop(
     # one-call-per-epoch path must give what train_on_batch gives, step for
     # step (200 examples in batches of 64: a short last batch too).
     (x, y), (vx, vy) = _blobs(), _blobs(seed=3, n=50)
+    # Validation in chunks of 16 (a short last one) on the compiled path.
+    monkeypatch.setattr(head_lib, "_EVAL_CHUNK", 16)
     config = head_lib.HeadConfig(epochs=4, batch_size=64, patience=0,
                                  hidden_units=hidden_units, dropout=0.3,
                                  label_smoothing=label_smoothing)
@@ -148,3 +165,26 @@ def test_compiled_epochs_are_used_with_tensorflow():
     assert run is not None
     logs = run(np.arange(20))
     assert set(logs) == {"loss", "accuracy"} and logs["loss"] > 0
+
+
+def test_training_again_and_again_does_not_keep_the_features():
+    # Captured as graph constants, the features stayed referenced from
+    # TensorFlow's gradient registry after every call: memory grew by their
+    # size per call. 40,000 x 640 float32 is 100 MiB.
+    def rss_mib():
+        with open("/proc/self/status") as f:
+            return int(f.read().split("VmRSS:")[1].split()[0]) / 1024
+
+    if not os.path.exists("/proc/self/status"):
+        pytest.skip("needs /proc (Linux)")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((40_000, 640), dtype=np.float32)
+    y = rng.integers(0, 10, len(x))
+    config = head_lib.HeadConfig(epochs=1, batch_size=4096, patience=0)
+    sizes = []
+    for _ in range(5):
+        head_lib.train_head(head_lib.build_head(640, 10, config), (x, y),
+                            (x[:1000], y[:1000]), config)
+        gc.collect()
+        sizes.append(rss_mib())
+    assert sizes[-1] - sizes[1] < 100, sizes

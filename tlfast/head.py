@@ -107,6 +107,10 @@ def compile_classifier(model, learning_rate, label_smoothing=0.0):
     return model
 
 
+# Rows per evaluation call: bounds the memory of [rows, classes] probabilities.
+_EVAL_CHUNK = 8192
+
+
 class _History:
     def __init__(self):
         self.history = {}
@@ -137,7 +141,7 @@ def _epoch_on_batches(head, x, y, order, batch_size):
     return {"loss": out["loss"], "accuracy": out["accuracy"]}
 
 
-def _evaluate(head, x, y, batch_size=8192):
+def _evaluate(head, x, y, batch_size=_EVAL_CHUNK):
     """(loss, accuracy) over arrays, in few large batches."""
     with _epoch_metrics(head):
         for start in range(0, len(x), batch_size):
@@ -186,7 +190,6 @@ def _compiled_epochs(head, x, y, validation, batch_size):
 
     if tf.distribute.has_strategy():
         return None
-    x, y = tf.constant(x), tf.constant(y)
     variables = head.trainable_variables
     optimizer = head.optimizer
 
@@ -194,7 +197,7 @@ def _compiled_epochs(head, x, y, validation, batch_size):
         predicted = tf.cast(tf.argmax(probs, axis=-1), labels.dtype)
         return tf.reduce_sum(tf.cast(tf.equal(predicted, labels), tf.float32))
 
-    def step(start, loss_sum, correct_sum, order):
+    def step(x, y, order, start, loss_sum, correct_sum):
         batch = order[start:start + batch_size]
         xb, yb = tf.gather(x, batch), tf.gather(y, batch)
         with tf.GradientTape() as tape:
@@ -204,37 +207,61 @@ def _compiled_epochs(head, x, y, validation, batch_size):
         optimizer.apply(tape.gradient(scaled, variables), variables)
         size = tf.cast(tf.shape(batch)[0], tf.float32)
         return (start + batch_size, loss_sum + tf.cast(loss, tf.float32) * size,
-                correct_sum + correct(yb, probs), order)
+                correct_sum + correct(yb, probs))
 
-    if validation is not None:
-        vx, vy = tf.constant(validation[0]), tf.constant(validation[1])
-    names = ["loss", "accuracy"] + (["val_loss", "val_accuracy"]
-                                    if validation is not None else [])
+    def validation_sums(vx, vy, start, loss_sum, correct_sum):
+        # In chunks, as `_evaluate`: probabilities of a large set times many
+        # classes would not fit at once; the size-weighted sums of the
+        # chunks' mean losses give the loss of the whole set.
+        xb, yb = vx[start:start + _EVAL_CHUNK], vy[start:start + _EVAL_CHUNK]
+        probs = head(xb, training=False)
+        loss = head.compute_loss(x=xb, y=yb, y_pred=probs, training=False)
+        size = tf.cast(tf.shape(yb)[0], tf.float32)
+        return (start + _EVAL_CHUNK, loss_sum + tf.cast(loss, tf.float32) * size,
+                correct_sum + correct(yb, probs))
 
+    def means(body, n, *data):
+        zero = tf.constant(0.0)
+        _, loss_sum, correct_sum = tf.while_loop(
+            lambda start, *_: start < n,
+            lambda *sums: body(*data, *sums), (tf.constant(0), zero, zero))
+        n = tf.cast(n, tf.float32)
+        return [loss_sum / n, correct_sum / n]
+
+    # The arrays are arguments, not captured constants: a captured constant
+    # stays referenced from TensorFlow's gradient registry (the optimizer's
+    # all-reduce registers a custom gradient) and would never be freed.
     # Graph code without autograph: converting Keras's layers and optimizer
     # as well would add half again to the tracing, the bulk of the cost.
     @tf.function(autograph=False)
-    def epoch(order):
-        n = tf.shape(order)[0]
-        _, loss_sum, correct_sum, _ = tf.while_loop(
-            lambda start, *_: start < n, step,
-            (tf.constant(0), tf.constant(0.0), tf.constant(0.0), order))
-        n = tf.cast(n, tf.float32)
-        logs = [loss_sum / n, correct_sum / n]
-        if validation is not None:
-            # One batch: the head is a matrix product, and the loss of the
-            # whole set is then exactly `evaluate`'s.
-            probs = head(vx, training=False)
-            loss = head.compute_loss(x=vx, y=vy, y_pred=probs, training=False)
-            logs += [tf.cast(loss, tf.float32),
-                     correct(vy, probs) / tf.cast(tf.shape(vy)[0], tf.float32)]
+    def epoch(x, y, order, *validation):
+        logs = means(step, tf.shape(order)[0], x, y, order)
+        if validation:
+            logs += means(validation_sums, tf.shape(validation[1])[0],
+                          *validation)
         return tf.stack(logs)
 
+    names = ["loss", "accuracy"]
+    arrays = [tf.convert_to_tensor(x), tf.convert_to_tensor(y)]
+    if validation is not None:
+        names += ["val_loss", "val_accuracy"]
+        arrays += [tf.convert_to_tensor(v) for v in validation]
+
     def run(order):
-        values = epoch(tf.constant(order, tf.int32)).numpy()
+        values = epoch(arrays[0], arrays[1], tf.constant(order, tf.int32),
+                       *arrays[2:]).numpy()
         return {name: float(v) for name, v in zip(names, values)}
 
     return run
+
+
+def _check_examples(name, x, y):
+    if x.ndim != 2 or len(x) == 0 or len(x) != len(y):
+        hint = " (pass validation=None to train without one)" if name == "validation" else ""
+        raise ValueError(
+            f"{name} must be (features [N, D], labels [N]) with N >= 1{hint}. "
+            f"Received: {name} features of shape {x.shape} and labels of "
+            f"shape {y.shape}")
 
 
 def train_head(head, train, validation=None, config=HeadConfig(), callbacks=()):
@@ -269,9 +296,11 @@ def train_head(head, train, validation=None, config=HeadConfig(), callbacks=()):
             restore_best_weights=True))
     x = np.asarray(train[0], np.float32)
     y = np.asarray(train[1], np.int32)
+    _check_examples("train", x, y)
     if validation is not None:
         vx = np.asarray(validation[0], np.float32)
         vy = np.asarray(validation[1], np.int32)
+        _check_examples("validation", vx, vy)
     run_epoch = _compiled_epochs(
         head, x, y, None if validation is None else (vx, vy), config.batch_size)
     rng = np.random.default_rng(config.seed)
