@@ -14,6 +14,7 @@ from conftest import make_folder
 from conftest import tiny_train_config
 from test_backbones import register_tiny_backbone
 from tlfast import backbones
+from tlfast import extraction
 from tlfast import training
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -151,9 +152,15 @@ def test_fine_tuning_changes_only_the_top_block_and_keeps_bn_stats(tiny_config):
                                  fine_tune_learning_rate=0.05, augment="none")
     # Same seed and weights=None: the backbone starts from the same init.
     keras.utils.set_random_seed(0)
-    before = _inner_weights(backbones.create_backbone("tiny_test", None, 32))
+    initial = backbones.create_backbone("tiny_test", None, 32)
+    before = _inner_weights(initial)
     keras.utils.set_random_seed(0)
     metrics = _run(config)
+    # run.json names the weights the features were cached under: the
+    # initial ones, not those fine-tuning left.
+    run = json.load(open(os.path.join(config.output_dir, "run.json")))
+    assert run["resolved"]["weights_identity"] == extraction.weights_fingerprint(
+        None, initial)
     model = keras.models.load_model(os.path.join(config.output_dir, "model.keras"))
     inner = [l for l in model.layers if l.name == "tiny_test_inner"][0]
     after = {w.path: np.array(w) for w in inner.weights}

@@ -66,12 +66,36 @@ def _extract(examples, feature_model, key, config, phase, workers, strategy):
         stats, forwarded=int(round(forwarded)) + stats.forwarded)
 
 
+@dataclasses.dataclass(frozen=True)
+class Extracted:
+    """What `extract_all` gives the run.
+
+    Attributes:
+      validation: float features [num_val, D], in validation order.
+      train_views: One float [num_train, D] array per view (view 0: plain).
+      status: "hit", "miss" or "partial" over all the sets.
+      forwarded: Images that went through the backbone in this run.
+      stats: One `ExtractionStats` per set (validation first).
+      digests: The feature-cache key digest of each set.
+      weights_identity: The weights part of the keys, as it was when the
+        features were computed (fine-tuning changes a random backbone's).
+    """
+
+    validation: np.ndarray
+    train_views: list
+    status: str
+    forwarded: int
+    stats: list
+    digests: list
+    weights_identity: str
+
+
 def extract_all(train, validation, backbone_model, spec, size, canonical, config,
                 timings, strategy=None):
-    """Features for every training view and for validation."""
+    """Features for every training view and for validation; an `Extracted`."""
     workers = distribute.workers_of(strategy)
-    base = dict(backbone=spec.name,
-                weights=weights_fingerprint(config.weights, backbone_model),
+    identity = weights_fingerprint(config.weights, backbone_model)
+    base = dict(backbone=spec.name, weights=identity,
                 image_size=size, resize=config.resize,
                 preprocessing=spec.preprocessing,
                 precision=keras.mixed_precision.global_policy().name,
@@ -105,9 +129,10 @@ def extract_all(train, validation, backbone_model, spec, size, canonical, config
     forwarded = sum(s.forwarded for s in stats)
     cached = sum(s.cached for s in stats)
     status = "hit" if not forwarded else ("miss" if not cached else "partial")
-    val_features, train_views = results[0], results[1:]
-    digests = [key.digest() for _, key, _ in jobs]
-    return val_features, train_views, status, forwarded, stats, digests
+    return Extracted(validation=results[0], train_views=results[1:],
+                     status=status, forwarded=forwarded, stats=stats,
+                     digests=[key.digest() for _, key, _ in jobs],
+                     weights_identity=identity)
 
 
 class _LocalPredictor:

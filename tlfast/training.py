@@ -297,9 +297,11 @@ def _run_training(config, replicas, strategy=None):
              len(data.class_names), len(train), len(validation))
     check_free_space(os.path.expanduser(config.cache_dir),
                      estimate_cache_bytes(data, spec, size, config))
-    val_x, train_views, cache_status, forwarded, stats, digests = extraction.extract_all(
+    extracted = extraction.extract_all(
         train, validation, backbone_model, spec, size, canonical, config, timings,
         strategy)
+    val_x, train_views = extracted.validation, extracted.train_views
+    cache_status, forwarded = extracted.status, extracted.forwarded
     # Rows in content-id order: the head then trains on the same sequence
     # whether the images came from loose files or prepared TFDS records.
     order = np.argsort(np.asarray(train.ids, dtype=object), kind="stable")
@@ -348,7 +350,7 @@ def _run_training(config, replicas, strategy=None):
         "timings_s": timings,
         "feature_cache": cache_status,
         "backbone_images_forwarded": forwarded,
-        "features_cached": sum(s.cached for s in stats),
+        "features_cached": sum(s.cached for s in extracted.stats),
         "scan_cached": data.scan_cached,
         "image_size": size,
         "prepared_tfds": data.prepared_tfds,
@@ -362,8 +364,7 @@ def _run_training(config, replicas, strategy=None):
                      "precision": keras.mixed_precision.global_policy().name,
                      "replicas": replicas,
                      "workers": distribute.workers_of(strategy).count,
-                     "weights_identity": digests and extraction.weights_fingerprint(
-                         config.weights, backbone_model)},
+                     "weights_identity": extracted.weights_identity},
         "versions": {"tensorflow": tf.__version__, "keras": keras.__version__,
                      "python": platform.python_version(),
                      "backend": keras.backend.backend()},
@@ -371,7 +372,7 @@ def _run_training(config, replicas, strategy=None):
         "split": {"file": data.split_file, "presplit": data.presplit,
                   "validation_split": config.validation_split,
                   "tfds_splits": data.tfds_splits},
-        "cache_keys": {"features": digests},
+        "cache_keys": {"features": extracted.digests},
     })
     log.info("val_accuracy=%.4f  feature_cache=%s  forwarded=%d  total=%.1fs",
              val_accuracy, cache_status, forwarded, timings["total"])
