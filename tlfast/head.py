@@ -279,7 +279,8 @@ def train_head(head, train, validation=None, config=HeadConfig(), callbacks=()):
       validation: Optional (features, labels) for validation and early
         stopping (on validation loss, best weights restored).
       config: A `HeadConfig`; `seed` also seeds the shuffling.
-      callbacks: Extra Keras callbacks (progress, TensorBoard).
+      callbacks: Extra Keras callbacks (progress, TensorBoard). Only their
+        train and epoch hooks run, with the epoch logs; no batch hooks.
 
     Returns:
       An object whose `.history` maps "loss", "accuracy" (and "val_loss",
