@@ -205,3 +205,74 @@ def test_a_stale_index_is_rebuilt_or_caught(junk_folder, tmp_path):
     examples = folder_builder.prepared_examples(swapped, "train", 8)
     with pytest.raises(tf.errors.InvalidArgumentError, match="index disagree"):
         list(examples.batched(range(len(examples)), 4))
+
+
+_HOLD_AND_WAIT = """
+import sys, time
+sys.path[:0] = [{repo!r}]
+from tlfast.data import folder_builder
+folder_builder.prepare_image_folder({folder!r}, data_root={root!r},
+                                    cache_dir={cache!r})
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_preparation_another_process_reads_is_not_removed(junk_folder, tmp_path):
+    import subprocess
+    import sys
+
+    first = _prepare(junk_folder, tmp_path)
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    reader = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_AND_WAIT.format(
+            repo=repo, folder=str(junk_folder), root=str(tmp_path / "tfds"),
+            cache=str(tmp_path / "cache"))],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert reader.stdout.readline().strip() == "ready"
+        touched = junk_folder / "dogs" / "img_000.jpg"
+        st = os.stat(touched)
+        os.utime(touched, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+        second = _prepare(junk_folder, tmp_path)
+        assert not second.reused
+        # Still being read by the other process: kept.
+        assert _shards(first)
+    finally:
+        reader.kill()
+        reader.wait()
+    write_image(junk_folder / "cats" / "new.jpg")
+    _prepare(junk_folder, tmp_path)  # Nobody reads it now: removed.
+    assert not os.path.exists(first.data_dir)
+
+
+def test_damaged_records_raise_instead_of_dropping_or_hanging(junk_folder,
+                                                              tmp_path):
+    prepared = _prepare(junk_folder, tmp_path)
+    examples = folder_builder.prepared_examples(prepared, "train", 32)
+    shard = os.path.join(prepared.data_dir, _shards(prepared)[0])
+    data = open(shard, "rb").read()
+    with open(shard, "wb") as f:
+        f.write(data[:len(data) // 2])
+    with pytest.raises(tf.errors.DataLossError):
+        for _ in folder_builder.decode_records(examples.records(), 32):
+            pass
+    os.remove(shard)
+    with pytest.raises(FileNotFoundError, match="incomplete.*run again"):
+        examples.records()
+
+
+def test_prepared_data_is_reused_from_read_only_storage(junk_folder, tmp_path,
+                                                        monkeypatch):
+    _prepare(junk_folder, tmp_path)
+    real_open = os.open
+
+    def read_only(path, flags, *args):
+        if flags & (os.O_CREAT | os.O_WRONLY | os.O_RDWR):
+            raise OSError(30, "Read-only file system", path)
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", read_only)
+    monkeypatch.setattr(folder_builder, "_IN_USE", {})
+    again = _prepare(junk_folder, tmp_path)
+    assert again.reused and sum(again.num_examples.values()) == 18

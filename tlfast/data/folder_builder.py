@@ -134,16 +134,57 @@ def _settings(config):
             int(config.max_pixels)]
 
 
+def _open_lock(path):
+    """A file descriptor to flock `path` with, or None on read-only storage."""
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        try:  # flock works on a read-only descriptor too.
+            return os.open(path, os.O_RDONLY)
+        except OSError:
+            return None
+
+
+# Shared locks on the preparations this process reads, held until it exits.
+_IN_USE = {}
+
+
+def _hold_in_use(lock_path):
+    """Marks a preparation as read by this process: a shared lock on its
+    ".use" file (not the ".lock" of preparing, which a reuse takes).
+
+    `_remove_replaced` in another process then leaves it alone instead of
+    deleting records a running job is still reading.
+    """
+    import fcntl  # POSIX only.
+
+    if lock_path in _IN_USE:
+        return
+    fd = _open_lock(lock_path)
+    if fd is None:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:  # Being (re)prepared: nothing to protect yet.
+        os.close(fd)
+        return
+    _IN_USE[lock_path] = fd
+
+
 @contextlib.contextmanager
 def _locked(path, blocking=True):
     """Holds an exclusive lock file; yields False when not blocking and busy.
 
     Two processes preparing the same folder take turns: the second one then
-    reuses what the first wrote.
+    reuses what the first wrote. On read-only storage (nothing can be
+    prepared there, only reused) it yields True without a lock.
     """
     import fcntl  # POSIX only.
 
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = _open_lock(path)
+    if fd is None:
+        yield True
+        return
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -179,12 +220,25 @@ def _remove_replaced(dataset_dir, config):
         root = found.get("root")
         if root != config.root or found.get("settings") != _settings(config):
             continue
-        with _locked(path + ".lock", blocking=False) as held:
-            if held:  # Else another process is (re)preparing it: leave it.
-                log.info("Removing the replaced preparation of '%s': %s",
-                         root, path)
-                shutil.rmtree(path, ignore_errors=True)
-                os.remove(path + ".lock")
+        # This process has moved on to the new preparation: its own shared
+        # lock on the old one must not keep it.
+        mine = _IN_USE.pop(path + ".use", None)
+        if mine is not None:
+            os.close(mine)
+        with _locked(path + ".lock", blocking=False) as preparing, \
+                _locked(path + ".use", blocking=False) as unused:
+            if not (preparing and unused):
+                # Another process is reading or (re)preparing it; a later
+                # run removes it.
+                log.info("Keeping the replaced preparation of '%s' while "
+                         "another process uses it: %s", root, path)
+                continue
+            log.info("Removing the replaced preparation of '%s': %s",
+                     root, path)
+            shutil.rmtree(path, ignore_errors=True)
+            for suffix in (".lock", ".use"):
+                if os.path.exists(path + suffix):
+                    os.remove(path + suffix)
 
 
 def _read_index(builder):
@@ -262,7 +316,8 @@ def prepare_image_folder(data_dir, *, data_root, validation_split=0.2, seed=0,
         raise OSError(
             f"Cannot create the prepared-data folder '{dataset_dir}': {e}. Pass "
             "a writable data_root (--tfds_data_dir or --cache_dir).") from e
-    with _locked(os.path.join(dataset_dir, config.name + ".lock")):
+    lock_path = os.path.join(dataset_dir, config.name + ".lock")
+    with _locked(lock_path):
         # Built under the lock: a builder made before another process
         # finished would not see its data.
         builder = TlfastImageFolder(config=config, data_dir=data_root,
@@ -290,6 +345,7 @@ def prepare_image_folder(data_dir, *, data_root, validation_split=0.2, seed=0,
                      builder.info.splits.total_num_examples,
                      time.perf_counter() - start)
         index = _load_index(builder, config.name)
+    _hold_in_use(os.path.join(dataset_dir, config.name + ".use"))
     if not reused:
         _remove_replaced(dataset_dir, config)
         if folder_config(data_dir, validation_split=validation_split, seed=seed,
@@ -355,6 +411,16 @@ class PreparedExamples:
         # JPEG. The builder writes tf.train.Example TFRecords in shard order.
         files = [os.fspath(f) for f in
                  self.prepared.builder.info.splits[self.split].filepaths]
+        missing = [f for f in files if not os.path.exists(f)]
+        if missing:
+            raise FileNotFoundError(
+                f"The prepared data of '{self.prepared.root}' is incomplete: "
+                f"{len(missing)} record file(s) are missing, e.g. '{missing[0]}'. "
+                f"Delete '{self.prepared.data_dir}' and run again to prepare "
+                "the folder anew.")
+        # No ignore_errors downstream: the records were checked when they
+        # were prepared, so a read or decode error is damage to say, not an
+        # image to skip (and ignoring a reader's error retries it forever).
         return (tf.data.TFRecordDataset(files)
                 .batch(_PARSE_BATCH)
                 .map(lambda x: tf.io.parse_example(x, _RECORD_SPEC))
@@ -392,9 +458,6 @@ class PreparedExamples:
         ds = (self.records().enumerate()
               .filter(lambda i, _: tf.gather(mask, i))
               .map(load, num_parallel_calls=tf.data.AUTOTUNE)
-              # As for files: a record that no longer decodes is dropped,
-              # never fatal; "index" keeps the others matched.
-              .ignore_errors(log_warning=True)
               .map(check))
         return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
@@ -409,7 +472,7 @@ class PreparedExamples:
         size, resize = self.image_size, self.resize
         ds = self.records().map(
             lambda e: _decode_record(e, size, resize, keep=("id",)),
-            num_parallel_calls=tf.data.AUTOTUNE).ignore_errors(log_warning=True)
+            num_parallel_calls=tf.data.AUTOTUNE)
         ds = service.distribute(ds, self.service)
         positions = tf.lookup.StaticHashTable(
             tf.lookup.KeyValueTensorInitializer(
@@ -462,11 +525,10 @@ def decode_records(records, image_size, resize="crop"):
 
     Returns:
       A `tf.data.Dataset` of {"image": uint8 [S, S, 3], "label": int32 []}.
-      A record that no longer decodes is dropped with a warning.
+      Damaged records raise (see `PreparedExamples.records`).
     """
     return records.map(lambda e: _decode_record(e, image_size, resize),
-                       num_parallel_calls=tf.data.AUTOTUNE,
-                       deterministic=True).ignore_errors(log_warning=True)
+                       num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
 def prepared_examples(prepared, split, image_size=224, resize="crop",
