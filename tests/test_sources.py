@@ -88,3 +88,18 @@ def test_load_tfds_offline_error_names_the_offline_options(tmp_path):
     # with a message that says what to do instead.
     with pytest.raises(RuntimeError, match="--data_dir"):
         sources.load_tfds("tf_flowers", data_dir=str(tmp_path), download=False)
+
+
+def test_file_names_that_are_not_utf8_are_skipped_with_a_reason(tmp_path):
+    write_image(tmp_path / "a" / "fine.jpg")
+    write_image(tmp_path / "b" / "fine.jpg")
+    # "café.jpg" in Latin-1, as zips made on Windows often hold.
+    latin1 = os.path.join(os.fsencode(tmp_path / "a"), b"caf\xe9.jpg")
+    with open(latin1, "wb") as f:
+        f.write(open(tmp_path / "a" / "fine.jpg", "rb").read())
+    folder = sources.list_image_folder(tmp_path)
+    assert sorted(f.relpath for f in folder.splits["all"]) == [
+        "a/fine.jpg", "b/fine.jpg"]
+    [skipped] = folder.skipped
+    assert skipped.path.endswith("caf\udce9.jpg")
+    assert "not valid UTF-8" in skipped.reason

@@ -75,10 +75,12 @@ def load_prepared_data(config, size, timings):
             prepared, split, size, config.resize, config.data_service_address)
         ids, labels = prepared.index[split]
         # FileEntry views of the records, for the split file and evaluation.
+        # Ids are "relpath|size|mtime": a file name may hold "|" too.
         entries[split] = [
-            sources.FileEntry(os.path.join(prepared.root, i.split("|")[0]),
-                              i.split("|")[0], int(label))
-            for i, label in zip(ids, labels)]
+            sources.FileEntry(os.path.join(prepared.root, relpath), relpath,
+                              int(label))
+            for relpath, label in ((i.rsplit("|", 2)[0], label)
+                                   for i, label in zip(ids, labels))]
         sets[split].entries = entries[split]
     split_lib.write_split(os.path.join(config.output_dir, "split.csv"),
                           entries, prepared.class_names)

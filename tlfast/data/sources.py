@@ -106,6 +106,14 @@ def _list_class_files(root, split_dir, class_name, label, skipped):
                     f"of {', '.join(IMAGE_EXTENSIONS)})"))
                 continue
             relpath = Path(os.path.relpath(path, root)).as_posix()
+            try:
+                relpath.encode("utf-8")
+            except UnicodeEncodeError:
+                # Bytes that are not UTF-8 (e.g. from a zip made on Windows)
+                # cannot be stored as an id or a TFDS string.
+                skipped.append(Skipped(path, "file name is not valid UTF-8; "
+                                       "rename the file"))
+                continue
             files.append(FileEntry(path, relpath, label))
     return files
 
