@@ -13,6 +13,7 @@ from tlfast import prepare
 from tlfast.data import folder_builder
 from tlfast.data import pipeline
 from tlfast.data import scan
+from tlfast.data import sources
 
 try:
     import dill  # noqa: F401  (tfds.testing imports it)
@@ -276,3 +277,13 @@ def test_prepared_data_is_reused_from_read_only_storage(junk_folder, tmp_path,
     monkeypatch.setattr(folder_builder, "_IN_USE", {})
     again = _prepare(junk_folder, tmp_path)
     assert again.reused and sum(again.num_examples.values()) == 18
+
+
+def test_a_file_gone_since_the_scan_is_left_out_of_the_records(tmp_path):
+    from tlfast.data.image_folder import image_folder_dataset_builder as b
+
+    root = make_folder(tmp_path / "d", {"a": 2, "b": 1})
+    entries = sources.list_image_folder(root).splits["all"]
+    os.remove(entries[1].path)
+    written = list(b.TlfastImageFolder._generate_examples(None, entries))
+    assert [key for key, _ in written] == [entries[0].relpath, entries[2].relpath]

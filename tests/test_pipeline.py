@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import encode
+from conftest import make_folder
 from conftest import noise_image
 from tlfast.data import pipeline
 from tlfast.data import sources
@@ -161,3 +162,12 @@ def test_to_supervised(flat_folder):
         _entries(flat_folder), config, training=False))
     image, label = next(iter(ds))
     assert image.shape == (3, 8, 8, 3) and label.shape == (3,)
+
+
+def test_content_key_of_a_file_gone_since_the_scan(tmp_path):
+    root = make_folder(tmp_path / "d", {"a": 2, "b": 2})
+    entries = sources.list_image_folder(root).splits["all"]
+    before = pipeline.content_key(entries, 32)
+    os.remove(entries[0].path)
+    after = pipeline.content_key(entries, 32)  # No FileNotFoundError.
+    assert after != before

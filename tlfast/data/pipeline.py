@@ -172,9 +172,12 @@ def content_key(entries, *parts):
     """
     h = hashlib.sha256()
     for entry in entries:
-        st = os.stat(entry.path)
-        h.update(f"{entry.relpath}\0{st.st_size}\0{st.st_mtime_ns}\0"
-                 f"{entry.label}\n".encode("utf-8"))
+        try:
+            st = os.stat(entry.path)
+            stamp = f"{st.st_size}\0{st.st_mtime_ns}"
+        except OSError:  # Gone since the scan: the pipeline skips it.
+            stamp = "missing"
+        h.update(f"{entry.relpath}\0{stamp}\0{entry.label}\n".encode("utf-8"))
     for part in parts:
         h.update(f"|{part}".encode("utf-8"))
     return h.hexdigest()[:20]

@@ -21,8 +21,9 @@ import dataclasses
 import inspect
 import pathlib
 
-import tensorflow_datasets as tfds
+from absl import logging
 from etils import epath
+import tensorflow_datasets as tfds
 
 from tlfast import prepare
 from tlfast.data import scan as scan_lib
@@ -154,11 +155,20 @@ class TlfastImageFolder(tfds.core.GeneratorBasedBuilder):
 
     def _generate_examples(self, entries):
         for entry in entries:
+            try:
+                image = pathlib.Path(entry.path).read_bytes()
+                identity = content_id(entry.path, entry.relpath)
+            except OSError as e:
+                # Gone since the scan: the folder's fingerprint changed too,
+                # so the next run prepares it again.
+                logging.warning("Leaving out %s, unreadable since the scan: %s",
+                                entry.path, e)
+                continue
             # relpath is unique in the folder and independent of where the
             # folder lives, so the record order is the same everywhere.
             yield entry.relpath, {
-                "image": pathlib.Path(entry.path).read_bytes(),
+                "image": image,
                 "label": entry.label,
-                "id": content_id(entry.path, entry.relpath),
+                "id": identity,
                 "relpath": entry.relpath,
             }
