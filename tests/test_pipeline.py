@@ -171,3 +171,18 @@ def test_content_key_of_a_file_gone_since_the_scan(tmp_path):
     os.remove(entries[0].path)
     after = pipeline.content_key(entries, 32)  # No FileNotFoundError.
     assert after != before
+
+
+def test_a_complete_disk_cache_is_read_while_another_process_holds_it(
+        flat_folder, tmp_path, monkeypatch):
+    entries = _entries(flat_folder)
+    config = pipeline.PipelineConfig(image_size=16, batch_size=4, cache="disk",
+                                     cache_dir=str(tmp_path / "cache"))
+    first = _order(pipeline.image_folder_dataset(entries, config, training=False))
+    # As a second process sees it: the filler's lock is taken.
+    monkeypatch.setattr(pipeline, "_lock_cache", lambda prefix: False)
+    # Decoding now would give black images: only the cache has the pixels.
+    monkeypatch.setattr(pipeline, "decode_image", lambda data, size, mode:
+                        tf.zeros((size, size, 3), tf.uint8))
+    ds = pipeline.image_folder_dataset(entries, config, training=False)
+    assert _order(ds) == first

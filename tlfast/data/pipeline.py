@@ -279,6 +279,10 @@ def finish(ds, num_examples, config, *, training, key=None):
         if _lock_cache(prefix):
             clean_stale_cache(prefix)
             ds = ds.cache(prefix)
+        elif os.path.exists(prefix + ".index"):
+            # Complete (the index is written last): reading it needs no lock,
+            # even while the process that filled it still runs.
+            ds = ds.cache(prefix)
         else:
             logging.warning(
                 "Another process is filling the pixel cache '%s'; this run "
