@@ -40,7 +40,7 @@ class PreparedFolder:
 
 def prepare_folder(data_dir, *, validation_split=0.2, seed=0, cache_dir=None,
                    strict=False, max_pixels=scan_lib.DEFAULT_MAX_PIXELS,
-                   progress=None):
+                   progress=None, skip_placeholders=True):
     """Lists, scans and splits an image folder.
 
     Args:
@@ -53,6 +53,8 @@ def prepare_folder(data_dir, *, validation_split=0.2, seed=0, cache_dir=None,
       strict: Fail on any bad file instead of skipping it.
       max_pixels: Decompression-bomb guard.
       progress: Optional callable(done, total) during the scan.
+      skip_placeholders: Skip "image not found" graphics (few colours, one
+        covering most of the image); False keeps them (e.g. line drawings).
 
     Returns:
       A `PreparedFolder`.
@@ -71,7 +73,8 @@ def prepare_folder(data_dir, *, validation_split=0.2, seed=0, cache_dir=None,
     entries = [e for files in folder.splits.values() for e in files]
     result = scan_lib.scan_files(entries, root=folder.root, cache_dir=cache_dir,
                                  max_pixels=max_pixels, strict=strict,
-                                 progress=progress)
+                                 progress=progress,
+                                 skip_placeholders=skip_placeholders)
     usable = set(e.path for e in result.usable)
     skipped = tuple(folder.skipped) + tuple(result.skipped)
     if strict and folder.skipped:

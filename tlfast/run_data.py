@@ -39,6 +39,7 @@ def load_data(config, size, timings):
             config.data_dir, validation_split=config.validation_split,
             seed=config.seed, cache_dir=os.path.expanduser(config.cache_dir),
             strict=config.strict, max_pixels=config.max_pixels,
+            skip_placeholders=config.skip_placeholders,
             progress=lambda done, total: phase.update(done, total))
     prepare.log_skipped(data.skipped)
     split_lib.write_split(os.path.join(config.output_dir, "split.csv"),
@@ -67,6 +68,7 @@ def load_prepared_data(config, size, timings):
             validation_split=config.validation_split, seed=config.seed,
             cache_dir=cache_dir, strict=config.strict,
             max_pixels=config.max_pixels,
+            skip_placeholders=config.skip_placeholders,
             progress=lambda done, total: phase.update(done, total))
     prepare.log_skipped(prepared.skipped)
     sets, entries = {}, {}

@@ -71,6 +71,10 @@ flags.DEFINE_string("output_dir", None, "Where model.keras, labels.txt, "
                     "metrics.json, ... are written.")
 flags.DEFINE_integer("max_pixels", _D.max_pixels, "Images with more pixels "
                      "are skipped (decompression-bomb guard).")
+flags.DEFINE_bool("skip_placeholders", _D.skip_placeholders, "Skip images "
+                  "that look like 'image not found' graphics (a few colours, "
+                  "one covering most of the image); --noskip_placeholders "
+                  "keeps them, e.g. for line drawings or icons.")
 flags.DEFINE_integer("feature_shard_size", _D.feature_shard_size, "Examples "
                      "per feature-cache shard (the unit of resumption).")
 flags.DEFINE_string("export", _D.export, "Comma list of export formats: "

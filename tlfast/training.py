@@ -70,6 +70,8 @@ class TrainConfig:
     feature_dtype: str = "float16"
     feature_shard_size: int = 512
     max_pixels: int = scan_lib.DEFAULT_MAX_PIXELS
+    # Skip "image not found" graphics; False keeps line art, icons, digits.
+    skip_placeholders: bool = True
     export: str = ""  # Comma list of keras, saved_model, tflite, tflite_int8.
     data_service_address: str = None  # grpc://host:port of a tf.data service.
     # Read a folder through tlfast's TFDS builder (prepared once under

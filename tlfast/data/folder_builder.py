@@ -90,7 +90,7 @@ def _slug(root):
 
 def folder_config(data_dir, *, validation_split=0.2, seed=0, cache_dir=None,
                   max_pixels=scan_lib.DEFAULT_MAX_PIXELS, strict=False,
-                  progress=None):
+                  progress=None, skip_placeholders=True):
     """The `ImageFolderConfig` of a folder as it is now (lists it, reads no image).
 
     Args: as for `prepare_image_folder`.
@@ -109,7 +109,10 @@ def folder_config(data_dir, *, validation_split=0.2, seed=0, cache_dir=None,
     h.update(f"{DATASET_NAME} {TlfastImageFolder.VERSION} scan "
              f"{scan_lib.SCAN_CACHE_VERSION} {max_pixels} "
              f"{float(validation_split)!r} {int(seed)} "
-             f"{json.dumps(folder.class_names)}\n".encode("utf-8"))
+             f"{json.dumps(folder.class_names)}"
+             # Only when not the default: earlier preparations stay valid.
+             f"{'' if skip_placeholders else ' keep-placeholders'}\n"
+             .encode("utf-8"))
     paths = [e.path for files in folder.splits.values() for e in files]
     paths += [s.path for s in folder.skipped]
     for path in sorted(paths):
@@ -125,13 +128,15 @@ def folder_config(data_dir, *, validation_split=0.2, seed=0, cache_dir=None,
         description=f"The image folder {folder.root}",
         root=folder.root, class_names=tuple(folder.class_names),
         validation_split=validation_split, seed=seed, max_pixels=max_pixels,
-        cache_dir=cache_dir, strict=strict, progress=progress)
+        skip_placeholders=bool(skip_placeholders), cache_dir=cache_dir,
+        strict=strict, progress=progress)
 
 
 def _settings(config):
     """What besides the folder's content decides the records (as JSON)."""
-    return [float(config.validation_split), int(config.seed),
-            int(config.max_pixels)]
+    settings = [float(config.validation_split), int(config.seed),
+                int(config.max_pixels)]
+    return settings if config.skip_placeholders else settings + [0]
 
 
 def _open_lock(path):
@@ -280,7 +285,7 @@ def _load_index(builder, fingerprint):
 
 def prepare_image_folder(data_dir, *, data_root, validation_split=0.2, seed=0,
                          cache_dir=None, max_pixels=scan_lib.DEFAULT_MAX_PIXELS,
-                         strict=False, progress=None):
+                         strict=False, progress=None, skip_placeholders=True):
     """Prepares an image folder as TFDS records once; reuses them while unchanged.
 
     Args:
@@ -296,6 +301,8 @@ def prepare_image_folder(data_dir, *, data_root, validation_split=0.2, seed=0,
       strict: Fail on any bad file instead of skipping it (also when
         reusing data prepared with skipped files).
       progress: Optional callable(done, total) during the scan.
+      skip_placeholders: Skip "image not found" graphics (few colours, one
+        covering most of the image); False keeps them (e.g. line drawings).
 
     Returns:
       A `PreparedImageFolder`.
@@ -307,6 +314,7 @@ def prepare_image_folder(data_dir, *, data_root, validation_split=0.2, seed=0,
     """
     config = folder_config(data_dir, validation_split=validation_split,
                            seed=seed, cache_dir=cache_dir, max_pixels=max_pixels,
+                           skip_placeholders=skip_placeholders,
                            strict=strict, progress=progress)
     data_root = os.path.abspath(os.path.expanduser(os.fspath(data_root)))
     dataset_dir = os.path.join(data_root, DATASET_NAME)
@@ -349,7 +357,8 @@ def prepare_image_folder(data_dir, *, data_root, validation_split=0.2, seed=0,
     if not reused:
         _remove_replaced(dataset_dir, config)
         if folder_config(data_dir, validation_split=validation_split, seed=seed,
-                         max_pixels=max_pixels).name != config.name:
+                         max_pixels=max_pixels,
+                         skip_placeholders=skip_placeholders).name != config.name:
             log.warning("'%s' changed while it was being prepared; it will be "
                         "prepared again on the next run.", config.root)
     skipped = tuple(sources.Skipped(path, reason)

@@ -129,8 +129,8 @@ def placeholder_reason(image):
     if len(colours) <= PLACEHOLDER_MAX_COLOURS and dominant >= 0.5:
         return (f"looks like a placeholder graphic, not a photo: "
                 f"{len(colours)} colour(s), {dominant:.0%} of it one colour "
-                "(e.g. an 'image not found' image); pass "
-                "skip_placeholders=False to keep such images")
+                "(e.g. an 'image not found' image); to keep such images pass "
+                "--noskip_placeholders (skip_placeholders=False)")
     return None
 
 

@@ -44,6 +44,7 @@ class ImageFolderConfig(tfds.core.BuilderConfig):
         validation folder of its own.
       seed: Seed of tlfast's stable split.
       max_pixels: Decompression-bomb guard of the scan.
+      skip_placeholders: The scan skips "image not found" graphics.
       cache_dir: Where the scan remembers its verdicts; None disables that.
         Does not change the prepared data, so not part of the fingerprint.
       strict: Fail on any bad file instead of skipping it.
@@ -55,6 +56,7 @@ class ImageFolderConfig(tfds.core.BuilderConfig):
     validation_split: float = 0.2
     seed: int = 0
     max_pixels: int = scan_lib.DEFAULT_MAX_PIXELS
+    skip_placeholders: bool = True
     cache_dir: str = None
     strict: bool = False
     progress: object = dataclasses.field(default=None, repr=False)
@@ -125,7 +127,8 @@ class TlfastImageFolder(tfds.core.GeneratorBasedBuilder):
         data = prepare.prepare_folder(
             config.root, validation_split=config.validation_split,
             seed=config.seed, cache_dir=config.cache_dir, strict=config.strict,
-            max_pixels=config.max_pixels, progress=config.progress)
+            max_pixels=config.max_pixels, progress=config.progress,
+            skip_placeholders=config.skip_placeholders)
         if tuple(data.class_names) != tuple(config.class_names):
             raise ValueError(
                 f"The classes of '{config.root}' changed while it was being "
@@ -144,7 +147,8 @@ class TlfastImageFolder(tfds.core.GeneratorBasedBuilder):
             # folder_builder deletes a replaced preparation only when these
             # match (same settings, older content).
             "settings": [float(config.validation_split), int(config.seed),
-                         int(config.max_pixels)],
+                         int(config.max_pixels)]
+                        + ([] if config.skip_placeholders else [0]),
             "skipped": [[s.path, s.reason] for s in data.skipped],
             # Scan verdicts reused from the scan cache (an interrupted
             # preparation resumes its scan).
