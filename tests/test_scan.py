@@ -166,3 +166,24 @@ def test_hymenoptera_reports_exactly_the_junk_gif():
         str(root / "train" / "ants" / "imageNotFound.gif")]
     assert "placeholder" in result.skipped[0].reason
     assert len(result.usable) == len(entries) - 1 == 397
+
+
+@pytest.mark.parametrize("kind", ["lossy", "lossless", "extended"])
+def test_webp_size_is_read_from_the_header(tmp_path, kind, monkeypatch):
+    from PIL import Image
+
+    image = noise_image((24, 40))
+    if kind == "extended":  # Alpha makes PIL write a VP8X chunk.
+        pil = Image.fromarray(np.dstack([image, np.full((24, 40), 200, np.uint8)]))
+    else:
+        pil = Image.fromarray(image)
+    path = tmp_path / "x.webp"
+    pil.save(path, "WEBP", lossless=kind == "lossless")
+    data = path.read_bytes()
+    assert data[12:16] == {"lossy": b"VP8 ", "lossless": b"VP8L",
+                           "extended": b"VP8X"}[kind]
+    assert scan._header_size("webp", data) == (24, 40)
+    # The bomb guard refuses it before decoding anything.
+    monkeypatch.setattr(scan.tf.io, "decode_image", None)
+    reason, _ = scan.check_image(str(path), max_pixels=24 * 40 - 1)
+    assert "too large" in reason

@@ -89,6 +89,22 @@ def sniff_format(header):
     return None
 
 
+def _webp_size(data):
+    """(height, width) from the first chunk of a WebP file (RFC 9649)."""
+    chunk = data[12:16]
+    if chunk == b"VP8 " and data[23:26] == b"\x9d\x01\x2a":  # Lossy.
+        w, h = struct.unpack("<HH", data[26:30])
+        return h & 0x3FFF, w & 0x3FFF
+    if chunk == b"VP8L" and data[20:21] == b"\x2f":  # Lossless.
+        bits = struct.unpack("<I", data[21:25])[0]
+        return ((bits >> 14) & 0x3FFF) + 1, (bits & 0x3FFF) + 1
+    if chunk == b"VP8X":  # Extended: the canvas size.
+        w = int.from_bytes(data[24:27], "little") + 1
+        h = int.from_bytes(data[27:30], "little") + 1
+        return h, w
+    return None
+
+
 def _header_size(fmt, data):
     """(height, width) from the header, or None when it does not say."""
     try:
@@ -104,6 +120,8 @@ def _header_size(fmt, data):
         if fmt == "bmp":
             w, h = struct.unpack("<ii", data[18:26])
             return abs(h), abs(w)
+        if fmt == "webp":
+            return _webp_size(data)
     except (tf.errors.InvalidArgumentError, struct.error):
         return None
     return None
