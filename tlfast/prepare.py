@@ -27,6 +27,8 @@ class PreparedFolder:
       skipped: Every `Skipped` file (bad extension or failed the scan).
       presplit: True when the folder had its own train/validation folders.
       scan_cached: How many scan verdicts came from the scan cache.
+      test: `FileEntry`s of the folder's own test/ folder that passed the
+        scan (empty without one).
     """
 
     root: str
@@ -36,6 +38,7 @@ class PreparedFolder:
     skipped: tuple
     presplit: bool
     scan_cached: int = 0
+    test: tuple = ()
 
 
 def prepare_folder(data_dir, *, validation_split=0.2, seed=0, cache_dir=None,
@@ -92,7 +95,9 @@ def prepare_folder(data_dir, *, validation_split=0.2, seed=0, cache_dir=None,
     _check_usable(folder, train, validation, skipped)
     return PreparedFolder(folder.root, folder.class_names, tuple(train),
                           tuple(validation), skipped, folder.presplit,
-                          result.cached)
+                          result.cached,
+                          test=tuple(e for e in folder.splits.get("test", ())
+                                     if e.path in usable))
 
 
 def _check_usable(folder, train, validation, skipped):

@@ -27,7 +27,6 @@ import tensorflow_datasets as tfds
 
 from tlfast import prepare
 from tlfast.data import scan as scan_lib
-from tlfast.data import sources
 
 
 @dataclasses.dataclass(eq=False)
@@ -70,14 +69,6 @@ def content_id(path, relpath):
     """
     st = pathlib.Path(path).stat()
     return f"{relpath}|{st.st_size}|{st.st_mtime_ns}"
-
-
-def _usable_test_entries(root, skipped):
-    """The test folder's files that passed the scan (`prepare_folder` scans
-    them but returns only train and validation)."""
-    folder = sources.list_image_folder(root)
-    bad = {s.path for s in skipped}
-    return [e for e in folder.splits.get("test", ()) if e.path not in bad]
 
 
 class TlfastImageFolder(tfds.core.GeneratorBasedBuilder):
@@ -136,9 +127,8 @@ class TlfastImageFolder(tfds.core.GeneratorBasedBuilder):
                 f"{list(data.class_names)}. Run again once the folder is "
                 "stable.")
         splits = {"train": data.train, "validation": data.validation}
-        test = _usable_test_entries(config.root, data.skipped)
-        if test:
-            splits["test"] = test
+        if data.test:
+            splits["test"] = list(data.test)
         # Stored with the records, so that a reuse reports the same files.
         self.info.metadata.update({
             "root": config.root,
