@@ -23,11 +23,11 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import time
 
 import numpy as np
 
+from tlfast import atomic
 from tlfast.data.scan import write_json_atomic
 
 try:
@@ -373,8 +373,8 @@ class FeatureCache:
         name = "shard-" + hashlib.sha256(
             "\n".join(ids.tolist()).encode("utf-8")).hexdigest()[:16] + ".npz"
         path = os.path.join(self.path, name)
-        fd, tmp = tempfile.mkstemp(dir=self.path, prefix=self._tmp_prefix(),
-                                   suffix=".npz")
+        fd, tmp = atomic.mkstemp(self.path, prefix=self._tmp_prefix(),
+                                 suffix=".npz")
         try:
             with os.fdopen(fd, "wb") as f:
                 np.savez(f, ids=ids, features=stored, checksum=np.array(checksum))

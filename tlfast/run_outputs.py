@@ -4,8 +4,8 @@ import csv
 import io
 import json
 import os
-import tempfile
 
+from tlfast import atomic
 from tlfast.progress import Phase
 
 
@@ -30,7 +30,7 @@ def write_json(path, obj):
 
 def write_text(path, text):
     """Atomic write: a reader never sees a half-written file."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-")
+    fd, tmp = atomic.mkstemp(os.path.dirname(path) or ".")
     with os.fdopen(fd, "w", newline="") as f:
         f.write(text)
     os.replace(tmp, path)

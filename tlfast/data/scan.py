@@ -14,12 +14,12 @@ import json
 import os
 import re
 import struct
-import tempfile
 import time
 
 import numpy as np
 import tensorflow as tf
 
+from tlfast import atomic
 from tlfast.data.sources import Skipped
 
 # PIL's decompression-bomb limit: a forged header must not make us allocate
@@ -227,7 +227,7 @@ def write_json_atomic(path, obj):
     """Writes JSON so that no reader ever sees a half-written file."""
     directory = os.path.dirname(path) or "."
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
+    fd, tmp = atomic.mkstemp(directory, suffix=".json")
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(obj, f, indent=1, sort_keys=True)

@@ -9,7 +9,8 @@ fraction within each class keeps the class balance of both sides.
 import csv
 import hashlib
 import os
-import tempfile
+
+from tlfast import atomic
 
 
 def hash_fraction(relpath, seed=0):
@@ -67,7 +68,7 @@ def write_split(path, splits, class_names):
     """
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".csv")
+    fd, tmp = atomic.mkstemp(directory, suffix=".csv")
     with os.fdopen(fd, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["split", "label", "class", "relpath"])
