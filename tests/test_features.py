@@ -318,6 +318,44 @@ def test_dataset_yielding_too_few_examples_leaves_no_shards(tmp_path, backbone):
         ft.extract_features(ids + ids[:1], short, backbone, cache)
 
 
+def test_indexed_dataset_missing_an_example_keeps_the_others(tmp_path, backbone):
+    # With "index", every row is matched even when the pipeline drops a file
+    # (changed since the scan): the others' features stay cached, the error
+    # names the missing one, and a rerun forwards only it.
+    images, ids = _images(), _ids()
+    cache = ft.FeatureCache(tmp_path / "cache", _key())
+    lost = 5
+
+    def dropping(indices):
+        kept = [i for i in indices if i != lost]
+        return tf.data.Dataset.from_tensor_slices(
+            {"image": images[kept], "index": np.asarray(kept, np.int32)}).batch(BATCH)
+    with pytest.raises(ValueError, match=f"1 of {N} examples could not be read"
+                       f".*{ids[lost]}.*kept in the cache"):
+        ft.extract_features(ids, dropping, backbone, cache, shard_size=4)
+    features, found = cache.lookup(ids)
+    assert found.sum() == N - 1 and not found[lost]
+    _, stats = ft.extract_features(ids, _array_dataset(images), backbone, cache)
+    assert stats.forwarded == 1
+
+
+class _Scaled:
+    def __init__(self, model, scale):
+        self.model, self.scale = model, scale
+
+    def predict_on_batch(self, x):
+        return np.asarray(self.model.predict_on_batch(x)) * self.scale
+
+
+@pytest.mark.parametrize("scale,match", [(1e9, "overflow the cache's float16"),
+                                         (np.nan, "non-finite features")])
+def test_features_that_do_not_fit_the_storage_dtype_are_refused(
+        tmp_path, backbone, scale, match):
+    with pytest.raises(ValueError, match=match):
+        _extract(tmp_path, _Scaled(backbone, scale))
+    assert _shards(tmp_path) == []  # Nothing non-finite is cached.
+
+
 def test_feature_dim_mismatch_is_an_error(tmp_path, backbone):
     cache = ft.FeatureCache(tmp_path / "cache", _key())
     cache.write_shard(["a", "b"], np.ones((2, 6)))

@@ -496,6 +496,7 @@ def extract_features(ids, make_dataset, model, cache, *, shard_size=512,
             # the same partition, whatever the others have cached already.
             missing = [i for i in missing if i % count == index]
         written, pending, done = [], [], 0  # This call's shards; forwarded.
+        indexed, seen = False, set()
         if overlap is None:
             overlap = not _model_on_cpu()
         for batch in _batches(make_dataset, missing, shard_size, overlap):
@@ -503,6 +504,8 @@ def extract_features(ids, make_dataset, model, cache, *, shard_size=512,
                 # Indexed elements stay matched to their ids even when the
                 # pipeline drops an example (a file broken since the scan).
                 rows = [int(i) for i in np.asarray(batch["index"])]
+                indexed = True
+                seen.update(rows)
             else:
                 rows = missing[done:done + len(batch["image"])]
             out = np.asarray(model.predict_on_batch(np.asarray(batch["image"])))
@@ -518,7 +521,22 @@ def extract_features(ids, make_dataset, model, cache, *, shard_size=512,
             if features is None:
                 features = np.zeros((len(ids), dim), np.float32)
             # Rounded like the stored copy, so hits and misses agree.
-            features[rows] = out.astype(cache.key.dtype)
+            with np.errstate(over="ignore"):
+                stored = out.astype(cache.key.dtype)
+            if not np.isfinite(stored).all():
+                # Cached, they would be served to every later run.
+                bad = ids[rows[int(np.argwhere(~np.isfinite(stored))[0][0])]]
+                if np.isfinite(out).all():
+                    raise ValueError(
+                        f"Features of '{bad}' overflow the cache's "
+                        f"{cache.key.dtype} (largest |value| "
+                        f"{float(np.abs(out).max()):.3g}). Store them as "
+                        "float32: --feature_dtype=float32 "
+                        "(TrainConfig.feature_dtype).")
+                raise ValueError(
+                    f"The backbone gave non-finite features (NaN or inf) for "
+                    f"'{bad}': check its weights and the input images.")
+            features[rows] = stored
             done += len(rows)
             pending.extend(rows)
             while len(pending) >= shard_size or (pending and done == len(missing)):
@@ -528,6 +546,19 @@ def extract_features(ids, make_dataset, model, cache, *, shard_size=512,
                 if progress is not None:
                     elapsed = max(time.perf_counter() - start, 1e-9)
                     progress(len(ids) - len(missing) + done, len(ids), done / elapsed)
+        if done != len(missing) and indexed:
+            # Every row came with its index: what was computed is right, so
+            # keep it (a rerun then computes only what is still missing).
+            if pending:
+                written.append(cache.write_shard([ids[i] for i in pending],
+                                                 features[pending]))
+            lost = sorted(set(missing) - seen)
+            raise ValueError(
+                f"{len(lost)} of {len(missing)} examples could not be read "
+                f"(changed or deleted since the scan?), e.g. '{ids[lost[0]]}'. "
+                f"The features of the other {done} are kept in the cache. "
+                "Run again: the scan checks changed files anew and skips "
+                "unreadable ones.")
         if done != len(missing):
             _drop_files(written)
             raise ValueError(
