@@ -49,6 +49,15 @@ def test_classification_metrics_by_hand():
                                        "f1": 0.0, "support": 0}
     with pytest.raises(ValueError, match=r"labels must be in \[0, 3\)"):
         evaluate.classification_metrics(probs, labels + 1, "abc")
+    with pytest.raises(ValueError, match="Nothing to evaluate"):
+        evaluate.classification_metrics(probs[:0], labels[:0], "abc")
+
+
+def test_macro_average_leaves_out_classes_absent_from_the_split():
+    # Perfect on a and b; c neither occurs nor is predicted (as sklearn).
+    probs = np.array([[0.9, 0.1, 0.0], [0.2, 0.8, 0.0]])
+    m = evaluate.classification_metrics(probs, np.array([0, 1]), "abc")
+    assert m["macro_avg"] == {"precision": 1.0, "recall": 1.0, "f1": 1.0}
 
 
 def test_confident_errors_most_confident_first():

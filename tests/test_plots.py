@@ -76,6 +76,15 @@ def test_confusion_matrix_counts_and_labels(tmp_path):
     assert "36/46" in ax.get_title()
 
 
+def test_class_names_with_dollar_signs_are_plain_text(tmp_path):
+    png = tmp_path / "cm.png"
+    fig = plots.plot_confusion_matrix([[3, 1], [0, 4]], ["under_$5", "$5_to_$10"],
+                                      png)
+    looks_like_a_plot(png)
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == [
+        r"under_\$5", r"\$5_to_\$10"]
+
+
 def test_confusion_matrix_many_classes_and_bad_shape(tmp_path):
     n = plots.MAX_ANNOTATED_CLASSES + 1
     fig = plots.plot_confusion_matrix(np.eye(n, dtype=int) * 3,

@@ -198,3 +198,9 @@ def test_cli_missing_model_is_one_clear_line(tmp_path, images_dir):
     assert result.returncode == 2, result.stderr[-3000:]
     errors = error_lines(result, "tlfast-predict")
     assert len(errors) == 1 and "Model file not found" in errors[0], result.stderr
+
+
+def test_labels_file_with_a_byte_order_mark(tmp_path):
+    # Windows editors save UTF-8 with a BOM; it is not part of a class name.
+    (tmp_path / "labels.txt").write_bytes("\ufeffants\nbees\n".encode("utf-8"))
+    assert predict.read_class_names(tmp_path) == ("ants", "bees")

@@ -147,7 +147,12 @@ def classification_metrics(probs, labels, class_names, *, top_k=5):
       "num_examples", "per_class" {name: {"precision", "recall", "f1",
       "support"}}, "macro_avg" {"precision", "recall", "f1"} and
       "confusion_matrix" (C lists of C counts; row = true, column =
-      predicted). A class never predicted has precision 0.
+      predicted). A class never predicted has precision 0; the macro
+      average is over the classes that occur (as true or predicted class),
+      as scikit-learn's.
+
+    Raises:
+      ValueError: Shapes disagree, labels out of range, or no examples.
     """
     probs = np.asarray(probs)
     labels = np.asarray(labels, np.int64)
@@ -159,6 +164,10 @@ def classification_metrics(probs, labels, class_names, *, top_k=5):
     if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
         raise ValueError(f"labels must be in [0, {num_classes}). Received: "
                          f"min={labels.min()}, max={labels.max()}")
+    if not len(labels):
+        raise ValueError(
+            "Nothing to evaluate: no example could be read. Received: 0 "
+            "examples (see the skipped files logged above).")
     k = predict_lib.check_top_k(top_k, num_classes)
     predicted = probs.argmax(axis=1)
     matrix = np.zeros((num_classes, num_classes), np.int64)
@@ -172,17 +181,21 @@ def classification_metrics(probs, labels, class_names, *, top_k=5):
     top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
     in_top = (top == labels[:, None]).any(axis=1)
     n = len(labels)
+    # A class absent from this split (never true, never predicted) has no
+    # precision or recall to average.
+    present = (support > 0) | (matrix.sum(axis=0) > 0)
     return {
-        "accuracy": float(correct.sum() / n) if n else 0.0,
+        "accuracy": float(correct.sum() / n),
         "top_k": k,
-        "top_k_accuracy": float(in_top.mean()) if n else 0.0,
+        "top_k_accuracy": float(in_top.mean()),
         "num_examples": int(n),
         "per_class": {
             name: {"precision": float(precision[i]), "recall": float(recall[i]),
                    "f1": float(f1[i]), "support": int(support[i])}
             for i, name in enumerate(class_names)},
-        "macro_avg": {"precision": float(precision.mean()),
-                      "recall": float(recall.mean()), "f1": float(f1.mean())},
+        "macro_avg": {"precision": float(precision[present].mean()),
+                      "recall": float(recall[present].mean()),
+                      "f1": float(f1[present].mean())},
         "confusion_matrix": matrix.tolist(),
     }
 
@@ -291,11 +304,11 @@ def report_from_probabilities(probs, entries, class_names, output_dir, *,
         files = {"metrics": os.path.join(output_dir, metrics_file),
                  "confusion_matrix": os.path.join(output_dir, CONFUSION_PNG),
                  "predictions": os.path.join(output_dir, PREDICTIONS_CSV)}
+        report["files"] = files
+        _write_predictions(files["predictions"], probs, labels, paths, class_names)
+        write_json_atomic(files["metrics"], report)
         plots.plot_confusion_matrix(report["confusion_matrix"], class_names,
                                     files["confusion_matrix"])
-        _write_predictions(files["predictions"], probs, labels, paths, class_names)
-        report["files"] = files
-        write_json_atomic(files["metrics"], report)
     log.info("evaluated %d image(s): accuracy=%.4f top_%d_accuracy=%.4f "
              "(%d skipped)", report["num_examples"], report["accuracy"],
              report["top_k"], report["top_k_accuracy"], len(skipped))

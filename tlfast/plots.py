@@ -132,6 +132,8 @@ def plot_confusion_matrix(matrix, class_names, png_path):
     ax = fig.add_subplot(1, 1, 1)
     image = ax.imshow(matrix, cmap="Blues", vmin=0, interpolation="nearest")
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="count")
+    # "$" would start matplotlib's math markup (and fail on an odd count).
+    class_names = [str(name).replace("$", r"\$") for name in class_names]
     ax.set_xticks(range(n), labels=class_names, rotation=45 if n > 4 else 0,
                   ha="right" if n > 4 else "center", rotation_mode="anchor")
     ax.set_yticks(range(n), labels=class_names)

@@ -74,7 +74,8 @@ def read_class_names(run_dir):
     """
     labels_path = os.path.join(run_dir, "labels.txt")
     if os.path.isfile(labels_path):
-        with open(labels_path, encoding="utf-8") as f:
+        # utf-8-sig: a labels.txt saved by a Windows editor starts with a BOM.
+        with open(labels_path, encoding="utf-8-sig") as f:
             names = [line.rstrip("\r\n") for line in f]
         while names and not names[-1]:
             names.pop()
