@@ -1,4 +1,5 @@
 import csv
+import json
 import os
 import shutil
 import subprocess
@@ -204,3 +205,26 @@ def test_labels_file_with_a_byte_order_mark(tmp_path):
     # Windows editors save UTF-8 with a BOM; it is not part of a class name.
     (tmp_path / "labels.txt").write_bytes("\ufeffants\nbees\n".encode("utf-8"))
     assert predict.read_class_names(tmp_path) == ("ants", "bees")
+
+
+def test_cli_skips_placeholders_as_the_run_did(run, tmp_path):
+    # A run trained with skip_placeholders=False predicts line drawings too,
+    # unless --skip_placeholders says otherwise.
+    run_dir = tmp_path / "run"
+    shutil.copytree(run.run_dir, run_dir)
+    meta = json.loads((run_dir / "run.json").read_text())
+    meta["config"]["skip_placeholders"] = False
+    (run_dir / "run.json").write_text(json.dumps(meta))
+    drawing = np.full((40, 40, 3), 255, np.uint8)
+    drawing[10:30, 19:21] = 0
+    write_image(tmp_path / "images" / "sketch.png", drawing, fmt="PNG")
+    write_image(tmp_path / "images" / "photo.jpg", noise_image())
+    counts = {}
+    for extra in ([], ["--skip_placeholders"]):
+        output = tmp_path / f"p{len(extra)}.csv"
+        result = cli("tlfast.predict_main", f"--model={run_dir}",
+                     f"--images={tmp_path / 'images'}", f"--output={output}",
+                     *extra)
+        assert result.returncode == 0, result.stderr[-3000:]
+        counts[bool(extra)] = len(list(csv.DictReader(open(output))))
+    assert counts == {False: 2, True: 1}

@@ -55,7 +55,9 @@ def main(argv):
             FLAGS.data_dir, run.class_names, split=FLAGS.split,
             validation_split=config.get("validation_split", 0.2),
             seed=config.get("seed", 0),
-            cache_dir=os.path.expanduser(FLAGS.cache_dir))
+            cache_dir=os.path.expanduser(FLAGS.cache_dir),
+            # Judge the same images the run trained and validated on.
+            skip_placeholders=config.get("skip_placeholders", True))
         report = evaluate.evaluate_model(
             run.model, entries, run.class_names, FLAGS.output_dir,
             batch_size=FLAGS.batch_size, top_k=FLAGS.top_k, worst=FLAGS.worst,

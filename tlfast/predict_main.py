@@ -31,8 +31,8 @@ flags.DEFINE_integer("top_k", 3, "Labels per image (capped at the number of "
 flags.DEFINE_integer("batch_size", 32, "Images per forward pass.")
 flags.DEFINE_enum("resize", None, ["resize", "crop", "pad"], "How images are "
                   "made square (default: the run's, from run.json).")
-flags.DEFINE_bool("skip_placeholders", True, "Skip blank / 'image not "
-                  "found' graphics, as training does.")
+flags.DEFINE_bool("skip_placeholders", None, "Skip blank / 'image not "
+                  "found' graphics (default: as the run did, from run.json).")
 
 
 def _write_skipped(path, skipped):
@@ -55,7 +55,9 @@ def main(argv):
         rows, skipped = predict.predict_images(
             run.model, paths, run.class_names, top_k=FLAGS.top_k,
             batch_size=FLAGS.batch_size, resize=FLAGS.resize or run.resize,
-            skip_placeholders=FLAGS.skip_placeholders)
+            skip_placeholders=(
+                FLAGS.skip_placeholders if FLAGS.skip_placeholders is not None
+                else run.run.get("config", {}).get("skip_placeholders", True)))
         for item in skipped:
             print(f"skipped: {item.path}: {item.reason}", file=sys.stderr)
         if not rows:
