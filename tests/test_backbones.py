@@ -269,6 +269,11 @@ def test_weights_file_errors(tiny, tmp_path):
         bb.create_backbone("tiny_test", weights=other)
     with pytest.raises(TypeError, match="weights=3"):
         bb.create_backbone("tiny_test", weights=3)
+    for name in ("damaged.weights.h5", "damaged.h5"):  # Not HDF5 at all.
+        damaged = tmp_path / name
+        damaged.write_bytes(b"\0" * 64)
+        with pytest.raises(ValueError, match=f"Could not load '.*{name}'"):
+            bb.create_backbone("tiny_test", weights=damaged)
 
 
 def test_weights_file_roundtrip(tiny, tmp_path):

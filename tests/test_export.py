@@ -237,6 +237,11 @@ def test_cli_errors_are_one_clear_line(mobilenet, tmp_path):
     assert result.returncode == 2, result.stderr[-3000:]
     errors = error_lines(result, "tlfast-export")
     assert len(errors) == 1 and "Model file not found" in errors[0], result.stderr
+    result = cli("tlfast.export_main", f"--model={run.run_dir}/model.keras",
+                 f"--output_dir={tmp_path / 'o'}", "--num_representative=0")
+    assert result.returncode == 2, result.stderr[-3000:]
+    errors = error_lines(result, "tlfast-export")
+    assert len(errors) == 1 and "--num_representative must be >= 1" in errors[0]
 
 
 @pytest.mark.slow

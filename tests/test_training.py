@@ -181,6 +181,13 @@ def test_fine_tuning_changes_only_the_top_block_and_keeps_bn_stats(tiny_config):
     ({"tfds_name": "tf_flowers"}, "either data_dir or tfds_name"),
     ({"weights": "/nope.h5"}, "Weights file not found"),
     ({"fine_tune_epochs": 1, "fine_tune_blocks": 99}, "fine_tune_blocks"),
+    ({"ram_budget_mb": -1}, "ram_budget_mb must be >= 0"),
+    ({"feature_shard_size": 0}, "feature_shard_size must be >= 1"),
+    ({"max_pixels": 0}, "max_pixels must be >= 1"),
+    ({"seed": -1}, r"seed must be in \[0, 2\*\*32\)"),
+    ({"data_dir": "/no/such/folder"}, "Dataset folder not found"),
+    ({"data_dir": None, "tfds_name": "tf_flowers", "export": "tflite_int8"},
+     "tflite_int8 needs an image folder"),
 ])
 def test_bad_settings_fail_before_heavy_work(tiny_config, change, match):
     with pytest.raises((ValueError, OSError), match=match):

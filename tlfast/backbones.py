@@ -354,7 +354,7 @@ def _load_weights_file(inner, spec, path):
         except ValueError:
             # E.g. a full model with its 1000-class top: match by layer name.
             inner.load_weights(path, by_name=True)
-    except ValueError as e:
+    except (ValueError, OSError) as e:  # h5py: OSError on a damaged file.
         raise ValueError(f"{fail}: {e}") from e
     # By-name loading silently skips layers missing from the file.
     in_file = _h5_layers_with_weights(path)

@@ -31,7 +31,8 @@ flags.DEFINE_string("data_dir", None, "The run's data folder (default: from "
 flags.DEFINE_integer("num_representative", 100, "Training images that "
                      "calibrate tflite_int8.")
 flags.DEFINE_integer("parity_images", 1000, "At most this many validation "
-                     "images for the parity checks (evenly spaced).")
+                     "images for the parity checks (evenly spaced); 0 skips "
+                     "the checks.")
 flags.DEFINE_integer("batch_size", 32, "Images per forward pass.")
 
 
@@ -67,6 +68,11 @@ def main(argv):
     from tlfast import predict
 
     try:
+        for name, low in (("num_representative", 1), ("parity_images", 0),
+                          ("batch_size", 1)):
+            if getattr(FLAGS, name) < low:
+                raise ValueError(f"--{name} must be >= {low}. Received: "
+                                 f"{name}={getattr(FLAGS, name)}")
         formats = export.parse_formats(FLAGS.formats)
         run = predict.load_model_run(FLAGS.model)
         entries = run_entries(run, FLAGS.data_dir)
@@ -82,8 +88,10 @@ def main(argv):
                     f"were found for the run in '{run.run_dir}' (split.csv + "
                     "run.json's data_dir). Pass --data_dir=<the training "
                     "folder>, or leave tflite_int8 out of --formats.")
-        validation = decode("validation", FLAGS.parity_images)
-        if validation is None:
+        validation = None
+        if FLAGS.parity_images:
+            validation = decode("validation", FLAGS.parity_images)
+        if validation is None and FLAGS.parity_images:
             logging.warning("No validation images found: exports are not "
                             "parity-checked. Pass --data_dir to check them.")
         report = export.export_model(

@@ -100,6 +100,11 @@ def check_config(config):
         raise ValueError(
             "Pass either data_dir or tfds_name, not both. Received: "
             f"data_dir={config.data_dir!r}, tfds_name={config.tfds_name!r}")
+    if config.data_dir and not os.path.isdir(os.path.expanduser(config.data_dir)):
+        raise FileNotFoundError(
+            f"Dataset folder not found: '{config.data_dir}'. Expected a folder "
+            "of class sub-folders of images. Received: "
+            f"data_dir={config.data_dir!r}")
     spec = backbones.get_backbone_spec(config.backbone)
     size = config.image_size or spec.default_size
     if size < spec.min_size:
@@ -113,7 +118,15 @@ def check_config(config):
     for name, value in positive.items():
         if not value > 0:
             raise ValueError(f"{name} must be > 0. Received: {name}={value!r}")
-    for name in ("fine_tune_epochs", "augment_views", "fine_tune_blocks"):
+    for name in ("feature_shard_size", "max_pixels"):
+        if not getattr(config, name) >= 1:
+            raise ValueError(f"{name} must be >= 1. Received: "
+                             f"{name}={getattr(config, name)!r}")
+    if not 0 <= config.seed < 2**32:
+        raise ValueError(f"seed must be in [0, 2**32). Received: "
+                         f"seed={config.seed!r}")
+    for name in ("fine_tune_epochs", "augment_views", "fine_tune_blocks",
+                 "ram_budget_mb"):
         if getattr(config, name) < 0:
             raise ValueError(f"{name} must be >= 0. Received: "
                              f"{name}={getattr(config, name)!r}")
@@ -133,8 +146,8 @@ def check_config(config):
         raise ValueError("augment_views > 0 needs augmentation ops. Received: "
                          f"augment={config.augment!r}")
     weights = config.weights
-    if weights not in (None, "imagenet", "none") and not os.path.isfile(
-            os.path.expanduser(weights)):
+    if not (weights is None or weights == "imagenet" or weights.lower() == "none"
+            or os.path.isfile(os.path.expanduser(weights))):
         raise FileNotFoundError(
             f"Weights file not found: '{weights}'. Pass imagenet, none, or a "
             f"path to a .weights.h5 / .h5 file. Received: weights={weights!r}")
@@ -155,6 +168,13 @@ def check_config(config):
             raise ValueError(f"Unknown export format '{fmt}'. Expected a comma "
                              f"list of {', '.join(known)}. Received: "
                              f"export={config.export!r}")
+        if fmt == "tflite_int8" and config.tfds_name:
+            # Its calibration images come from the folder's files.
+            raise ValueError(
+                "export=tflite_int8 needs an image folder (--data_dir) for its "
+                "calibration images; with a TFDS dataset, export tflite (float) "
+                "instead. "
+                f"Received: tfds_name={config.tfds_name!r}")
     for path in (config.output_dir, os.path.expanduser(config.cache_dir)):
         _check_writable(path)
     return spec, size, augment_lib.canonical_spec(config.augment)
