@@ -188,3 +188,17 @@ def test_training_again_and_again_does_not_keep_the_features():
         gc.collect()
         sizes.append(rss_mib())
     assert sizes[-1] - sizes[1] < 100, sizes
+
+
+def test_label_smoothing_loss_is_saved_with_the_model(tmp_path):
+    head = head_lib.build_head(16, 3)
+    head_lib.compile_classifier(head, 1e-3, label_smoothing=0.2)
+    x, y = _blobs(n=8)
+    path = str(tmp_path / "head.keras")
+    head.save(path)
+    loaded = keras.models.load_model(path)  # compile=True: the loss too.
+    probs = np.asarray(head(x))
+    smoothed = np.eye(3)[y] * 0.8 + 0.2 / 3
+    expected = -(smoothed * np.log(np.clip(probs, 1e-7, 1))).sum(1).mean()
+    got = float(loaded.compute_loss(x=x, y=y, y_pred=loaded(x)))
+    assert got == pytest.approx(expected, rel=1e-4)

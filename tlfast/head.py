@@ -88,18 +88,38 @@ def build_head(feature_dim, num_classes, config=HeadConfig()):
     return keras.Sequential(layers, name="head")
 
 
+@keras.saving.register_keras_serializable(package="tlfast")
+class SmoothedSparseCrossentropy(keras.losses.Loss):
+    """Categorical cross-entropy with label smoothing, on integer labels.
+
+    Smoothing needs one-hot targets; this keeps integer labels in the
+    pipeline. A registered class rather than a closure, so that a saved,
+    compiled model loads with `keras.models.load_model` (after `import
+    tlfast`).
+    """
+
+    def __init__(self, num_classes, label_smoothing=0.0,
+                 name="smoothed_sparse_crossentropy", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.num_classes = int(num_classes)
+        self.label_smoothing = float(label_smoothing)
+
+    def call(self, y_true, y_pred):
+        y_true = keras.ops.one_hot(
+            keras.ops.cast(keras.ops.reshape(y_true, (-1,)), "int32"),
+            self.num_classes)
+        return keras.losses.categorical_crossentropy(
+            y_true, y_pred, label_smoothing=self.label_smoothing)
+
+    def get_config(self):
+        return {**super().get_config(), "num_classes": self.num_classes,
+                "label_smoothing": self.label_smoothing}
+
+
 def compile_classifier(model, learning_rate, label_smoothing=0.0):
     """Compiles a classifier with Adam and (sparse) categorical cross-entropy."""
     if label_smoothing:
-        # Smoothing needs one-hot labels; keep integer labels in the pipeline.
-        num_classes = model.output_shape[-1]
-        base = keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing)
-
-        def loss(y_true, y_pred):
-            y_true = keras.ops.one_hot(
-                keras.ops.cast(keras.ops.reshape(y_true, (-1,)), "int32"),
-                num_classes)
-            return base(y_true, y_pred)
+        loss = SmoothedSparseCrossentropy(model.output_shape[-1], label_smoothing)
     else:
         loss = keras.losses.SparseCategoricalCrossentropy()
     model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss,
