@@ -289,3 +289,34 @@ def test_jax_backend_predicts_evaluates_and_exports_float_formats(mobilenet,
     entries = evaluate.load_eval_entries(data_dir, run.class_names)[0]
     tf_report = evaluate.evaluate_model(run.model, entries, run.class_names, None)
     assert out["accuracy"] == tf_report["accuracy"]
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_a_mixed_precision_model_exports_to_tflite(tmp_path, policy):
+    import keras
+
+    from test_backbones import register_tiny_backbone
+    from tlfast import backbones
+    from tlfast import head as head_lib
+    from tlfast import model as model_lib
+
+    register_tiny_backbone()
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        backbone = backbones.create_backbone("tiny_test", None, 32)
+        head = head_lib.build_head(backbones.get_backbone_spec("tiny_test")
+                                   .feature_dim, 3)
+        model = model_lib.build_classifier(backbone, head, None)
+        serving = export.serving_model(model)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert {l.dtype_policy.name for l in serving._flatten_layers()
+            if not isinstance(l, (keras.Model, keras.layers.InputLayer))
+            } == {"float32"}
+    images = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), np.uint8)
+    report = export.export_model(model, ["tflite", "tflite_int8"], str(tmp_path),
+                                 class_names=CLASSES, representative=images,
+                                 validation=(images, np.zeros(8, int)))
+    for fmt in ("tflite", "tflite_int8"):
+        assert "error" not in report[fmt], report[fmt]
+        assert not report[fmt]["select_tf_ops"] and report[fmt]["parity_ok"]

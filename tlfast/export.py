@@ -158,25 +158,42 @@ _INFERENCE_NO_OPS = (augment_lib.Augmentation, keras.layers.Dropout,
 
 
 def serving_model(model):
-    """The model for SavedModel / TFLite: inference no-ops left out.
+    """The model for SavedModel / TFLite: inference no-ops left out, float32.
 
     Augmentation and dropout layers do nothing at inference; they are
     replaced by `Identity`, every other layer is shared (same weights). The
     result computes the same function with no random-seed variables, which
-    TFLite cannot convert under the JAX backend. A model that cannot be
-    cloned (subclassed) is returned as is.
+    TFLite cannot convert under the JAX backend. Layers of a mixed-precision
+    model become float32 copies. A model that cannot be cloned (subclassed)
+    is returned as is.
     """
+
+    copies = []
 
     def strip(layer):
         if isinstance(layer, _INFERENCE_NO_OPS):
-            return keras.layers.Identity(name=layer.name)
+            # float32 as well: under a mixed global policy it would cast.
+            return keras.layers.Identity(name=layer.name, dtype="float32")
+        if not isinstance(layer, keras.Model) and (
+                layer.dtype_policy.name != "float32"):
+            # A mixed-precision layer computes in float16/bfloat16, which
+            # TFLite's builtin kernels do not take: a float32 twin, with the
+            # same (float32) weights copied in once it is built.
+            twin = type(layer).from_config({**layer.get_config(),
+                                            "dtype": "float32"})
+            if layer.weights:
+                copies.append((layer, twin))
+            return twin
         return layer
 
     try:
-        return keras.models.clone_model(model, clone_function=strip,
-                                        recursive=True)
+        clone = keras.models.clone_model(model, clone_function=strip,
+                                         recursive=True)
     except ValueError:  # Not a Functional / Sequential model.
         return model
+    for layer, twin in copies:
+        twin.set_weights(layer.get_weights())
+    return clone
 
 
 def _interpreter(path):
