@@ -228,3 +228,14 @@ def test_cli_skips_placeholders_as_the_run_did(run, tmp_path):
         assert result.returncode == 0, result.stderr[-3000:]
         counts[bool(extra)] = len(list(csv.DictReader(open(output))))
     assert counts == {False: 2, True: 1}
+
+
+def test_a_file_name_that_is_not_utf8_is_skipped_not_fatal(run, tmp_path):
+    folder = tmp_path / "images"
+    write_image(folder / "fine.jpg", noise_image())
+    with open(os.path.join(os.fsencode(folder), b"caf\xe9.jpg"), "wb") as f:
+        f.write((folder / "fine.jpg").read_bytes())
+    rows, skipped = predict.predict_images(
+        run.model, predict.list_image_files(folder), run.class_names)
+    assert [os.path.basename(r["path"]) for r in rows] == ["fine.jpg"]
+    assert len(skipped) == 1 and "not valid UTF-8" in skipped[0].reason

@@ -28,6 +28,7 @@ import time
 import numpy as np
 
 from tlfast import atomic
+from tlfast import locks
 from tlfast.data.scan import write_json_atomic
 
 try:
@@ -236,10 +237,13 @@ class FeatureCache:
         finally:
             self._lock_fd, self._scope = None, None
             for fd in fds:
-                os.close(fd)  # Closing the descriptor releases the flock.
+                if fd is not None:  # Closing the descriptor releases the flock.
+                    os.close(fd)
 
     def _flock(self, name, mode):
-        fd = os.open(os.path.join(self.path, name), os.O_RDWR | os.O_CREAT, 0o644)
+        fd = locks.open_lock_file(os.path.join(self.path, name))
+        if fd is None:  # Read-only cache: reading needs no lock.
+            return None
         try:
             fcntl.flock(fd, mode | fcntl.LOCK_NB)
         except OSError:

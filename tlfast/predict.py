@@ -27,6 +27,7 @@ from tlfast import backbones  # noqa: F401
 from tlfast.data import augment  # noqa: F401
 from tlfast.data import pipeline
 from tlfast.data import scan as scan_lib
+from tlfast.data import sources
 from tlfast.data.sources import FileEntry
 from tlfast.data.sources import Skipped
 
@@ -291,12 +292,16 @@ def predict_images(model, paths, class_names, *, top_k=3, batch_size=32,
     if resize not in pipeline.RESIZE_MODES:
         raise ValueError(f"resize must be one of {pipeline.RESIZE_MODES}. "
                          f"Received: resize={resize!r}")
-    entries = [FileEntry(os.fspath(p), os.fspath(p), 0) for p in paths]
+    paths = [os.fspath(p) for p in paths]
+    misnamed = [Skipped(p, sources.NOT_UTF8) for p in paths
+                if not sources.is_utf8(p)]
+    entries = [FileEntry(p, p, 0) for p in paths if sources.is_utf8(p)]
     result = scan_lib.scan_files(entries, skip_placeholders=skip_placeholders)
     usable = list(result.usable)
     probs, positions = predict_entries(model, usable, resize=resize,
                                        batch_size=batch_size)
-    skipped = list(result.skipped) + lost_in_decoding(usable, positions)
+    skipped = (misnamed + list(result.skipped)
+               + lost_in_decoding(usable, positions))
     order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
     rows = []
     for p, best, position in zip(probs, order, positions):

@@ -27,6 +27,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from tlfast import locks
 from tlfast.data import pipeline
 from tlfast.data import scan as scan_lib
 from tlfast.data import sources
@@ -139,17 +140,6 @@ def _settings(config):
     return settings if config.skip_placeholders else settings + [0]
 
 
-def _open_lock(path):
-    """A file descriptor to flock `path` with, or None on read-only storage."""
-    try:
-        return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError:
-        try:  # flock works on a read-only descriptor too.
-            return os.open(path, os.O_RDONLY)
-        except OSError:
-            return None
-
-
 # Shared locks on the preparations this process reads, held until it exits.
 _IN_USE = {}
 
@@ -165,7 +155,7 @@ def _hold_in_use(lock_path):
 
     if lock_path in _IN_USE:
         return
-    fd = _open_lock(lock_path)
+    fd = locks.open_lock_file(lock_path)
     if fd is None:
         return
     try:
@@ -186,7 +176,7 @@ def _locked(path, blocking=True):
     """
     import fcntl  # POSIX only.
 
-    fd = _open_lock(path)
+    fd = locks.open_lock_file(path)
     if fd is None:
         yield True
         return

@@ -15,6 +15,8 @@ import os
 
 import tensorflow as tf
 
+from tlfast import locks
+
 RESIZE_MODES = ("resize", "crop", "pad")
 CACHE_MODES = ("auto", "memory", "disk", "none")
 
@@ -229,7 +231,9 @@ def _lock_cache(prefix):
 
     if prefix in _HELD_LOCKS:
         return True
-    fd = os.open(prefix + ".tlfast-lock", os.O_RDWR | os.O_CREAT, 0o644)
+    fd = locks.open_lock_file(prefix + ".tlfast-lock")
+    if fd is None:
+        return False
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:

@@ -82,6 +82,20 @@ def _class_dirs(path):
     )
 
 
+# Bytes that are not UTF-8 (e.g. names from a zip made on Windows) cannot be
+# stored as an id, a TFDS string or a tf.string path.
+NOT_UTF8 = "file name is not valid UTF-8; rename the file"
+
+
+def is_utf8(name):
+    """Whether `name` (a str from the file system) is valid UTF-8."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # Undecodable bytes arrive as surrogates.
+        return False
+    return True
+
+
 def _list_class_files(root, split_dir, class_name, label, skipped):
     """Walks one class folder (recursively), never following directory links.
 
@@ -106,13 +120,8 @@ def _list_class_files(root, split_dir, class_name, label, skipped):
                     f"of {', '.join(IMAGE_EXTENSIONS)})"))
                 continue
             relpath = Path(os.path.relpath(path, root)).as_posix()
-            try:
-                relpath.encode("utf-8")
-            except UnicodeEncodeError:
-                # Bytes that are not UTF-8 (e.g. from a zip made on Windows)
-                # cannot be stored as an id or a TFDS string.
-                skipped.append(Skipped(path, "file name is not valid UTF-8; "
-                                       "rename the file"))
+            if not is_utf8(relpath):
+                skipped.append(Skipped(path, NOT_UTF8))
                 continue
             files.append(FileEntry(path, relpath, label))
     return files
