@@ -27,6 +27,20 @@ def tiny_train_config(tmp_path, data_dir, **overrides):
     return training.TrainConfig(**fields)
 
 
+@pytest.fixture
+def read_only_storage(monkeypatch):
+    """Makes every `os.open` for writing fail as on a read-only mount
+    (root ignores file permissions, so chmod cannot stand in for it)."""
+    real_open = os.open
+
+    def read_only(path, flags, *args):
+        if flags & (os.O_CREAT | os.O_WRONLY | os.O_RDWR):
+            raise OSError(30, "Read-only file system", path)
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", read_only)
+
+
 def assets_path(*parts):
     """A path under ../shared/assets, or skip the test when it is absent."""
     path = SHARED_ASSETS.joinpath(*parts)

@@ -466,20 +466,13 @@ def test_bad_part_is_refused(tmp_path, backbone, part):
 
 
 def test_a_complete_cache_is_read_from_read_only_storage(tmp_path, backbone,
-                                                         monkeypatch):
-    images, ids = _images(), _ids()
+                                                         request):
+    images = _images()
     expected, _ = _extract(tmp_path, backbone, images=images)
-    real_open = os.open
-
-    def read_only(path, flags, *args):
-        if flags & (os.O_CREAT | os.O_WRONLY | os.O_RDWR):
-            raise OSError(30, "Read-only file system", path)
-        return real_open(path, flags, *args)
-
-    monkeypatch.setattr(os, "open", read_only)
-    for name in (".lock",):  # Even without a lock file to open read-only.
-        for path in (tmp_path / "cache").rglob(name):
-            path.unlink()
+    # Even without a lock file to open read-only.
+    for path in (tmp_path / "cache").rglob(".lock"):
+        path.unlink()
+    request.getfixturevalue("read_only_storage")
     features, stats = _extract(tmp_path, backbone, images=images)
     assert stats.forwarded == 0
     np.testing.assert_array_equal(features, expected)

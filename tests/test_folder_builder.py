@@ -264,17 +264,10 @@ def test_damaged_records_raise_instead_of_dropping_or_hanging(junk_folder,
 
 
 def test_prepared_data_is_reused_from_read_only_storage(junk_folder, tmp_path,
-                                                        monkeypatch):
+                                                        request, monkeypatch):
     _prepare(junk_folder, tmp_path)
-    real_open = os.open
-
-    def read_only(path, flags, *args):
-        if flags & (os.O_CREAT | os.O_WRONLY | os.O_RDWR):
-            raise OSError(30, "Read-only file system", path)
-        return real_open(path, flags, *args)
-
-    monkeypatch.setattr(os, "open", read_only)
     monkeypatch.setattr(folder_builder, "_IN_USE", {})
+    request.getfixturevalue("read_only_storage")
     again = _prepare(junk_folder, tmp_path)
     assert again.reused and sum(again.num_examples.values()) == 18
 
