@@ -103,3 +103,20 @@ def test_file_names_that_are_not_utf8_are_skipped_with_a_reason(tmp_path):
     [skipped] = folder.skipped
     assert skipped.path.endswith("caf\udce9.jpg")
     assert "not valid UTF-8" in skipped.reason
+
+
+def test_images_outside_class_folders_are_reported(tmp_path):
+    write_image(tmp_path / "a" / "x.jpg")
+    write_image(tmp_path / "b" / "y.jpg")
+    write_image(tmp_path / "stray.jpg")
+    (tmp_path / "README.txt").write_text("about this data")
+    folder = sources.list_image_folder(tmp_path)
+    assert len(folder.splits["all"]) == 2
+    [skipped] = folder.skipped
+    assert skipped.path.endswith("stray.jpg") and "class folder" in skipped.reason
+    split = tmp_path / "split"
+    write_image(split / "train" / "a" / "x.jpg")
+    write_image(split / "train" / "b" / "y.jpg")
+    write_image(split / "train" / "lost.png", fmt="PNG")
+    assert [os.path.basename(s.path)
+            for s in sources.list_image_folder(split).skipped] == ["lost.png"]

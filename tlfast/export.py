@@ -121,6 +121,10 @@ def as_arrays(data, name):
     return images, labels
 
 
+# Validation images the parity checks decode at most (held in memory).
+PARITY_IMAGES = 1000
+
+
 def decode_entries(entries, image_size, resize, *, limit=None, batch_size=64):
     """Decodes files to arrays through the training decode path.
 

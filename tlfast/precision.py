@@ -19,7 +19,10 @@ def _gpu_compute_capability():
             return None
         capability = getattr(gpus[0], "compute_capability", "0.0")
         major, _, minor = str(capability).partition(".")
-        return int(major), int(minor or 0)
+        try:
+            return int(major), int(minor or 0)
+        except ValueError:  # Not CUDA (e.g. ROCm's "gfx90a"): no bf16 rule.
+            return (0, 0)
     import tensorflow as tf
 
     gpus = tf.config.list_physical_devices("GPU")

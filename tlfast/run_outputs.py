@@ -76,8 +76,11 @@ def finish_run(classifier, data, size, config, timings, val_probs=None):
             if train_entries is not None:
                 representative = export.decode_entries(
                     train_entries, size, config.resize, limit=100)[0]
-                validation = export.decode_entries(val_entries, size,
-                                                   config.resize)
+                # Capped: decoded pixels of a large validation set would
+                # not fit in memory; evenly spaced, every class is there.
+                validation = export.decode_entries(
+                    val_entries, size, config.resize,
+                    limit=export.PARITY_IMAGES)
             report["exports"] = export.export_model(
                 classifier, formats, os.path.join(out, "export"),
                 class_names=data.class_names, representative=representative,

@@ -160,6 +160,7 @@ def list_image_folder(root):
     if train_name is None:
         class_names = tuple(_class_dirs(root))
         _check_classes(root, class_names)
+        _report_loose_images(root, skipped)
         files = []
         for label, name in enumerate(class_names):
             files += _list_class_files(root, root, name, label, skipped)
@@ -182,12 +183,25 @@ def list_image_folder(root):
                         f"The '{dirname}' folder has classes that '{train_name}' does not: "
                         f"{extra}. Every split must use the training classes "
                         f"{list(class_names)}. Received: {split_dir!r}")
+            _report_loose_images(split_dir, skipped)
             files = []
             for label, name in enumerate(class_names):
                 if os.path.isdir(os.path.join(split_dir, name)):
                     files += _list_class_files(root, split_dir, name, label, skipped)
             splits[split] = files
     return ImageFolder(root, class_names, splits, tuple(skipped))
+
+
+def _report_loose_images(folder, skipped):
+    """Images lying in `folder` itself, outside any class folder, have no
+    label: report them (other loose files, a README say, are left alone)."""
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        if (not _is_hidden(name) and os.path.isfile(path)
+                and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS):
+            skipped.append(Skipped(
+                path, "not inside a class folder, so it has no label; move "
+                f"it into {os.path.basename(folder) or folder}/<class name>/"))
 
 
 def _check_classes(path, class_names):
