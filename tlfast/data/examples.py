@@ -110,9 +110,12 @@ class TfdsExamples:
         return self._raw.enumerate().map(load, num_parallel_calls=tf.data.AUTOTUNE)
 
     def batched(self, indices, batch_size):
-        wanted = tf.constant(sorted(indices), tf.int64)
-        ds = self._raw.enumerate().filter(
-            lambda i, _: tf.reduce_any(tf.equal(wanted, i)))
+        # A mask looked up per element: comparing each element with every
+        # wanted index would cost N x M on a large dataset.
+        mask = np.zeros(len(self), bool)
+        mask[np.asarray(list(indices), np.int64)] = True
+        wanted = tf.constant(mask)
+        ds = self._raw.enumerate().filter(lambda i, _: tf.gather(wanted, i))
         size, resize = self.image_size, self.resize
         ds = ds.map(lambda i, item: {
             "image": pipeline.decode_image(item[0], size, resize),
