@@ -33,6 +33,7 @@ from tlfast.data import scan as scan_lib
 from tlfast.data import sources
 from tlfast.data.image_folder import ImageFolderConfig
 from tlfast.data.image_folder import TlfastImageFolder
+from tlfast.data.image_folder.image_folder_dataset_builder import settings_of
 
 log = logging.getLogger("tlfast")
 
@@ -133,13 +134,6 @@ def folder_config(data_dir, *, validation_split=0.2, seed=0, cache_dir=None,
         strict=strict, progress=progress)
 
 
-def _settings(config):
-    """What besides the folder's content decides the records (as JSON)."""
-    settings = [float(config.validation_split), int(config.seed),
-                int(config.max_pixels)]
-    return settings if config.skip_placeholders else settings + [0]
-
-
 # Shared locks on the preparations this process reads, held until it exits.
 _IN_USE = {}
 
@@ -213,7 +207,7 @@ def _remove_replaced(dataset_dir, config):
         except (OSError, ValueError):
             continue
         root = found.get("root")
-        if root != config.root or found.get("settings") != _settings(config):
+        if root != config.root or found.get("settings") != settings_of(config):
             continue
         # This process has moved on to the new preparation: its own shared
         # lock on the old one must not keep it.

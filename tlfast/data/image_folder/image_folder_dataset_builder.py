@@ -61,6 +61,14 @@ class ImageFolderConfig(tfds.core.BuilderConfig):
     progress: object = dataclasses.field(default=None, repr=False)
 
 
+def settings_of(config):
+    """What besides the folder's content decides the records (as JSON)."""
+    settings = [float(config.validation_split), int(config.seed),
+                int(config.max_pixels)]
+    # Only when not the default: earlier preparations keep their settings.
+    return settings if config.skip_placeholders else settings + [0]
+
+
 def content_id(path, relpath):
     """The file's content id, as `FileExamples.ids` spells it.
 
@@ -136,9 +144,7 @@ class TlfastImageFolder(tfds.core.GeneratorBasedBuilder):
             "presplit": data.presplit,
             # folder_builder deletes a replaced preparation only when these
             # match (same settings, older content).
-            "settings": [float(config.validation_split), int(config.seed),
-                         int(config.max_pixels)]
-                        + ([] if config.skip_placeholders else [0]),
+            "settings": settings_of(config),
             "skipped": [[s.path, s.reason] for s in data.skipped],
             # Scan verdicts reused from the scan cache (an interrupted
             # preparation resumes its scan).
