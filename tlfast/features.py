@@ -500,7 +500,7 @@ def extract_features(ids, make_dataset, model, cache, *, shard_size=512,
             # the same partition, whatever the others have cached already.
             missing = [i for i in missing if i % count == index]
         written, pending, done = [], [], 0  # This call's shards; forwarded.
-        indexed, seen = False, set()
+        seen = set()  # Rows that came with their index.
         if overlap is None:
             overlap = not _model_on_cpu()
         for batch in _batches(make_dataset, missing, shard_size, overlap):
@@ -508,7 +508,6 @@ def extract_features(ids, make_dataset, model, cache, *, shard_size=512,
                 # Indexed elements stay matched to their ids even when the
                 # pipeline drops an example (a file broken since the scan).
                 rows = [int(i) for i in np.asarray(batch["index"])]
-                indexed = True
                 seen.update(rows)
             else:
                 rows = missing[done:done + len(batch["image"])]
@@ -550,7 +549,7 @@ def extract_features(ids, make_dataset, model, cache, *, shard_size=512,
                 if progress is not None:
                     elapsed = max(time.perf_counter() - start, 1e-9)
                     progress(len(ids) - len(missing) + done, len(ids), done / elapsed)
-        if done != len(missing) and indexed:
+        if done != len(missing) and seen:
             # Every row came with its index: what was computed is right, so
             # keep it (a rerun then computes only what is still missing).
             if pending:
