@@ -1,6 +1,7 @@
 """Tests for tlfast.features: the disk cache of frozen-backbone features."""
 
 import dataclasses
+import errno
 import json
 import logging
 import os
@@ -282,6 +283,21 @@ def test_damaged_shard_is_deleted_and_recomputed(tmp_path, backbone, caplog, dam
     np.testing.assert_array_equal(again, first)
     _, stats = _extract(tmp_path, Counting(backbone))
     assert stats.status == "hit"
+
+
+@pytest.mark.parametrize("error", [OSError(errno.EMFILE, "Too many open files"),
+                                   MemoryError()])
+def test_a_failure_of_the_moment_keeps_the_shard(tmp_path, backbone,
+                                                 monkeypatch, error):
+    _extract(tmp_path, backbone, shard_size=8)
+    shards = _shards(tmp_path)
+
+    def failing_load(*args, **kwargs):
+        raise error
+    monkeypatch.setattr(ft.np, "load", failing_load)
+    with pytest.raises(type(error)):
+        ft.FeatureCache(tmp_path / "cache", _key()).lookup(_ids())
+    assert _shards(tmp_path) == shards  # Nothing deleted.
 
 
 @pytest.mark.parametrize("manifest", [

@@ -19,6 +19,7 @@ its examples recomputed.
 import collections
 import contextlib
 import dataclasses
+import errno
 import hashlib
 import json
 import logging
@@ -133,6 +134,17 @@ def _drop_files(paths):
     for path in paths:
         with contextlib.suppress(OSError):
             os.remove(path)
+
+
+# Failures of the moment, not of the file: a shard is never deleted for them.
+_TRANSIENT_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EINTR,
+                     errno.EAGAIN}
+
+
+def _raise_if_transient(error):
+    if isinstance(error, MemoryError) or (
+            isinstance(error, OSError) and error.errno in _TRANSIENT_ERRNOS):
+        raise error
 
 
 def _stat_key(path):
@@ -284,6 +296,7 @@ class FeatureCache:
                     with np.load(path) as data:
                         ids = data["ids"]
                 except Exception as e:  # Any failure means: recompute it.
+                    _raise_if_transient(e)
                     self._drop_shard(name, stat_key, e)
                     continue
                 self._shard_ids[name] = cached = (stat_key, ids)
@@ -307,6 +320,7 @@ class FeatureCache:
             if hashlib.sha256(features.tobytes()).hexdigest() != checksum:
                 raise ValueError("checksum mismatch")
         except Exception as e:  # Any failure means: recompute it.
+            _raise_if_transient(e)
             self._drop_shard(name, stat_key, e)
             return None
         return ids, features
