@@ -81,8 +81,9 @@ def test_images_equal_decode_of_the_original_bytes(junk_folder, tmp_path):
     for split in prepared.splits:
         examples = folder_builder.prepared_examples(prepared, split, 20, "crop")
         wanted = list(range(len(examples)))[::-1]  # In any order.
-        if split == "train":
-            wanted = wanted[::2]  # And any subset.
+        if split == "train":  # And any subset (with the PNG, wherever it is).
+            wanted = wanted[::2] + [i for i in wanted[1::2]
+                                    if examples.ids[i].startswith("dogs/wide.png")]
         seen = []
         for batch in examples.batched(wanted, batch_size=3):
             assert batch["image"].dtype == tf.uint8
@@ -255,7 +256,9 @@ def test_damaged_records_raise_instead_of_dropping_or_hanging(junk_folder,
     data = open(shard, "rb").read()
     with open(shard, "wb") as f:
         f.write(data[:len(data) // 2])
-    with pytest.raises(tf.errors.DataLossError):
+    # A read error, or (cut just after a record) too few records.
+    with pytest.raises((tf.errors.DataLossError,
+                        tf.errors.FailedPreconditionError)):
         for _ in folder_builder.decode_records(examples.records(), 32):
             pass
     os.remove(shard)

@@ -27,6 +27,31 @@ def test_adding_files_never_moves_existing_ones():
         assert old <= new
 
 
+def test_adding_a_class_never_moves_existing_files():
+    # A new class that sorts first shifts every label index; the side of a
+    # file must not depend on it.
+    before = split.split_entries(_entries(100), 0.25, seed=0)
+    shifted = [sources.FileEntry(e.path, e.relpath, e.label + 1)
+               for e in _entries(100)]
+    added = [sources.FileEntry(f"/x/aaa/{i}.jpg", f"aaa/{i}.jpg", 0)
+             for i in range(30)]
+    after = split.split_entries(added + shifted, 0.25, seed=0)
+    for side in ("train", "validation"):
+        assert {e.relpath for e in before[side]} <= {e.relpath for e in after[side]}
+
+
+@pytest.mark.parametrize("size", [1, 2, 3])
+def test_a_tiny_class_keeps_a_training_and_a_validation_image(size):
+    for seed in range(200):
+        entries = _entries(50) + [
+            sources.FileEntry(f"/x/tiny/{i}.jpg", f"tiny/{i}.jpg", 2)
+            for i in range(size)]
+        counts = split.split_counts(split.split_entries(entries, 0.2, seed), 3)
+        assert counts["train"][2] >= 1, seed
+        assert counts["validation"][2] >= (1 if size >= 2 else 0), seed
+        assert counts["train"][2] + counts["validation"][2] == size
+
+
 def test_same_seed_same_split_other_seed_other_split():
     a = split.split_entries(_entries(100), 0.2, seed=1)
     b = split.split_entries(_entries(100), 0.2, seed=1)
@@ -50,3 +75,10 @@ def test_write_and_read_split(tmp_path):
     back = split.read_split(path)
     for side, entries in splits.items():
         assert back.get(side, []) == [(e.relpath, e.label) for e in entries]
+
+
+def test_read_split_saved_again_with_a_byte_order_mark(tmp_path):
+    path = tmp_path / "split.csv"
+    path.write_bytes("\ufeffsplit,label,class,relpath\r\ntrain,0,a,a/\u00e9.jpg\r\n"
+                     .encode("utf-8"))
+    assert split.read_split(path) == {"train": [("a/\u00e9.jpg", 0)]}

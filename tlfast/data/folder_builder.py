@@ -31,6 +31,7 @@ from tlfast import locks
 from tlfast.data import pipeline
 from tlfast.data import scan as scan_lib
 from tlfast.data import sources
+from tlfast.data import split as split_lib
 from tlfast.data.image_folder import ImageFolderConfig
 from tlfast.data.image_folder import TlfastImageFolder
 from tlfast.data.image_folder.image_folder_dataset_builder import settings_of
@@ -109,7 +110,8 @@ def folder_config(data_dir, *, validation_split=0.2, seed=0, cache_dir=None,
     # Everything that changes what is stored: the builder's format, the
     # scan's rules, the split settings and every file's identity.
     h.update(f"{DATASET_NAME} {TlfastImageFolder.VERSION} scan "
-             f"{scan_lib.SCAN_CACHE_VERSION} {max_pixels} "
+             f"{scan_lib.SCAN_CACHE_VERSION} split {split_lib.SPLIT_VERSION} "
+             f"{max_pixels} "
              f"{float(validation_split)!r} {int(seed)} "
              f"{json.dumps(folder.class_names)}"
              # Only when not the default: earlier preparations stay valid.
@@ -391,8 +393,12 @@ class PreparedExamples:
     def ids(self):
         return list(self._ids)
 
-    def records(self):
+    def records(self, check_count=True):
         """The split's records in order, images still encoded.
+
+        Args:
+          check_count: Raise when the records are fewer than the index says
+            (off where the tf.data service hands each worker a part).
 
         Returns:
           A `tf.data.Dataset` of {"image": string [], "label": int64 [],
@@ -414,10 +420,15 @@ class PreparedExamples:
         # No ignore_errors downstream: the records were checked when they
         # were prepared, so a read or decode error is damage to say, not an
         # image to skip (and ignoring a reader's error retries it forever).
-        return (tf.data.TFRecordDataset(files)
-                .batch(_PARSE_BATCH)
-                .map(lambda x: tf.io.parse_example(x, _RECORD_SPEC))
-                .unbatch())
+        ds = (tf.data.TFRecordDataset(files)
+              .batch(_PARSE_BATCH)
+              .map(lambda x: tf.io.parse_example(x, _RECORD_SPEC))
+              .unbatch())
+        if check_count:
+            # A shard cut short just after a record ends reads as a shorter
+            # shard, without a read error.
+            ds = ds.apply(tf.data.experimental.assert_cardinality(len(self)))
+        return ds
 
     def batched(self, indices, batch_size):
         """{"image": uint8 [B, S, S, 3], "label", "index"} for `indices`.
@@ -463,7 +474,7 @@ class PreparedExamples:
         from tlfast.data import service
 
         size, resize = self.image_size, self.resize
-        ds = self.records().map(
+        ds = self.records(check_count=False).map(
             lambda e: _decode_record(e, size, resize, keep=("id",)),
             num_parallel_calls=tf.data.AUTOTUNE)
         ds = service.distribute(ds, self.service)
@@ -488,7 +499,8 @@ class PreparedExamples:
             from tlfast.data import service
 
             ds = service.distribute(decode_records(
-                self.records(), config.image_size, config.resize), self.service)
+                self.records(check_count=False), config.image_size,
+                config.resize), self.service)
             return service.finish_served(ds, len(self), config,
                                          training=training)
         key = hashlib.sha256(

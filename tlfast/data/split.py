@@ -1,9 +1,11 @@
 """Stable, stratified, seeded train/validation split.
 
-Each file's side is decided by a hash of (seed, class, relative path) alone,
-as the old TF `retrain.py` did, so adding images never moves existing ones
-between splits, and the same folder always splits the same way. Applying the
-fraction within each class keeps the class balance of both sides.
+Each file's side is decided by a hash of (seed, relative path) alone, as the
+old TF `retrain.py` did, so adding images (or classes) never moves existing
+ones between splits, and the same folder always splits the same way. The
+relative path names the class folder, so every class is split on its own;
+the one exception to the hash keeps a tiny class usable: one image always
+trains, and a class of two or more always has one validation image.
 """
 
 import csv
@@ -11,6 +13,10 @@ import hashlib
 import os
 
 from tlfast import atomic
+
+# The assignment rule's version: prepared data records its split, so a change
+# of rule must change the preparation's fingerprint too.
+SPLIT_VERSION = 2
 
 
 def hash_fraction(relpath, seed=0):
@@ -42,11 +48,20 @@ def split_entries(entries, validation_split=0.2, seed=0):
         raise ValueError(
             "validation_split must be a fraction strictly between 0 and 1. "
             f"Received: validation_split={validation_split!r}")
+    scores = [hash_fraction(entry.relpath, seed) for entry in entries]
+    validation = {i for i, score in enumerate(scores) if score < validation_split}
+    by_class = {}
+    for i, entry in enumerate(entries):
+        by_class.setdefault(entry.label, []).append(i)
+    for members in by_class.values():
+        held_out = [i for i in members if i in validation]
+        if len(held_out) == len(members):  # Nothing left to learn the class.
+            validation.discard(max(members, key=scores.__getitem__))
+        elif not held_out and len(members) >= 2:  # Nothing to check it on.
+            validation.add(min(members, key=scores.__getitem__))
     out = {"train": [], "validation": []}
-    for entry in entries:
-        # The label is part of the hash so that each class is split on its own.
-        side = hash_fraction(f"{entry.label}/{entry.relpath}", seed)
-        out["validation" if side < validation_split else "train"].append(entry)
+    for i, entry in enumerate(entries):
+        out["validation" if i in validation else "train"].append(entry)
     return out
 
 
@@ -69,7 +84,7 @@ def write_split(path, splits, class_names):
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = atomic.mkstemp(directory, suffix=".csv")
-    with os.fdopen(fd, "w", newline="") as f:
+    with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["split", "label", "class", "relpath"])
         for name, entries in splits.items():
@@ -82,7 +97,8 @@ def write_split(path, splits, class_names):
 def read_split(path):
     """Reads a split file back: {split: [(relpath, label), ...]}."""
     out = {}
-    with open(path, newline="") as f:
+    # utf-8-sig: a file saved again by a spreadsheet on Windows has a BOM.
+    with open(path, newline="", encoding="utf-8-sig") as f:
         for row in csv.DictReader(f):
             out.setdefault(row["split"], []).append(
                 (row["relpath"], int(row["label"])))
