@@ -36,6 +36,11 @@ def test_strategy_names():
     ('{"cluster": {"worker": ["localhost:1"]}, "task": {"type": "worker", '
      '"index": 3}}', "must be JSON"),
     ('{"cluster": {}, "task": {"type": "worker", "index": 0}}', "must be JSON"),
+    # Malformed shapes: a list for the cluster, a string for the addresses.
+    ('{"cluster": ["h:1"], "task": {"type": "worker", "index": 0}}',
+     "must be JSON"),
+    ('{"cluster": {"worker": "host1:1"}, "task": {"type": "worker", '
+     '"index": 3}}', "must be JSON"),
 ])
 def test_multi_worker_needs_a_usable_tf_config(monkeypatch, tf_config, problem):
     if tf_config is None:

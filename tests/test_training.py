@@ -273,7 +273,8 @@ def test_tfds_source_trains_through_the_same_pipeline(tmp_path, monkeypatch):
     assert metrics["feature_cache"] == "miss"
     assert again["feature_cache"] == "hit"
     run = json.load(open(tmp_path / "out" / "run.json"))
-    assert run["split"]["tfds_splits"] == ["train[:80%]", "train[80%:]"]
+    # 24 mock examples, validation_split 0.2: 5 held out, by count.
+    assert run["split"]["tfds_splits"] == ["train[:19]", "train[19:]"]
 
 
 def test_export_flag_writes_checked_exports(tiny_config):

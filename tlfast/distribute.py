@@ -62,6 +62,12 @@ def cluster_from_env():
     try:
         config = json.loads(text)
         cluster, task = config["cluster"], config["task"]
+        if not (isinstance(cluster, dict) and isinstance(task, dict) and all(
+                isinstance(addresses, list)
+                and all(isinstance(a, str) for a in addresses)
+                for addresses in cluster.values())):
+            raise TypeError("cluster must map task types to lists of "
+                            "addresses, and task must be an object")
         workers = list(cluster.get("chief", [])) + list(cluster.get("worker", []))
         index = int(task["index"])
         kind = task["type"]

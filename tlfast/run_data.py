@@ -108,8 +108,22 @@ def load_tfds_data(config, size, timings):
         if "validation" in builder.info.splits:
             splits = ("train", "validation")
         else:
-            cut = round(100 * (1 - config.validation_split))
-            splits = (f"train[:{cut}%]", f"train[{cut}%:]")
+            # By example count: percent slices round to whole percents (and
+            # a small fraction of a small set to nothing).
+            try:
+                total = builder.info.splits["train"].num_examples
+            except KeyError:  # No split sizes recorded (e.g. mock data).
+                total = len(examples_lib.TfdsExamples(
+                    config.tfds_name, "train", config.tfds_data_dir, size,
+                    config.resize, download=False))
+            held_out = max(1, round(total * config.validation_split))
+            if total - held_out < 1:
+                raise ValueError(
+                    f"'{config.tfds_name}' has {total} training example(s): "
+                    "too few to hold out a validation part. Received: "
+                    f"validation_split={config.validation_split}")
+            cut = total - held_out
+            splits = (f"train[:{cut}]", f"train[{cut}:]")
         train, validation = (
             examples_lib.TfdsExamples(config.tfds_name, split,
                                       config.tfds_data_dir, size, config.resize,
