@@ -9,6 +9,7 @@ import tensorflow_datasets as tfds
 
 from conftest import make_folder
 from conftest import write_image
+from tlfast import locks
 from tlfast import prepare
 from tlfast.data import folder_builder
 from tlfast.data import pipeline
@@ -269,7 +270,7 @@ def test_damaged_records_raise_instead_of_dropping_or_hanging(junk_folder,
 def test_prepared_data_is_reused_from_read_only_storage(junk_folder, tmp_path,
                                                         request, monkeypatch):
     _prepare(junk_folder, tmp_path)
-    monkeypatch.setattr(folder_builder, "_IN_USE", {})
+    monkeypatch.setattr(locks, "_HELD", {})
     request.getfixturevalue("read_only_storage")
     again = _prepare(junk_folder, tmp_path)
     assert again.reused and sum(again.num_examples.values()) == 18

@@ -180,7 +180,7 @@ def test_a_complete_disk_cache_is_read_while_another_process_holds_it(
                                      cache_dir=str(tmp_path / "cache"))
     first = _order(pipeline.image_folder_dataset(entries, config, training=False))
     # As a second process sees it: the filler's lock is taken.
-    monkeypatch.setattr(pipeline, "_lock_cache", lambda prefix: False)
+    monkeypatch.setattr(pipeline.locks, "hold", lambda *args, **kwargs: False)
     # Decoding now would give black images: only the cache has the pixels.
     monkeypatch.setattr(pipeline, "decode_image", lambda data, size, mode:
                         tf.zeros((size, size, 3), tf.uint8))

@@ -171,7 +171,7 @@ def _evaluate(head, x, y, batch_size=_EVAL_CHUNK):
     return out["loss"], out["accuracy"]
 
 
-def predict_head(head, features, batch_size=8192):
+def predict_head(head, features, batch_size=_EVAL_CHUNK):
     """Class probabilities of the head, float32 [N, num_classes].
 
     Direct calls on a few large chunks: `predict` would build an input

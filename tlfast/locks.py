@@ -24,3 +24,44 @@ def open_lock_file(path):
             return os.open(path, os.O_RDONLY)
         except OSError:
             return None
+
+
+# Locks this process holds until it exits: path -> file descriptor.
+_HELD = {}
+
+
+def hold(path, shared=False):
+    """Takes a flock on the lock file `path` for the rest of this process.
+
+    Non-blocking. A second call for the same path is a no-op that succeeds.
+
+    Args:
+      path: The lock file (created when possible).
+      shared: A shared lock (readers) instead of an exclusive one.
+
+    Returns:
+      True when this process holds the lock; False when another process
+      holds a conflicting one or the file cannot be opened.
+    """
+    import fcntl  # POSIX only.
+
+    if path in _HELD:
+        return True
+    fd = open_lock_file(path)
+    if fd is None:
+        return False
+    try:
+        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+                    | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return False
+    _HELD[path] = fd
+    return True
+
+
+def release(path):
+    """Lets go of a lock taken by `hold` (nothing when it is not held)."""
+    fd = _HELD.pop(path, None)
+    if fd is not None:
+        os.close(fd)

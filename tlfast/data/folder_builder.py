@@ -136,32 +136,6 @@ def folder_config(data_dir, *, validation_split=0.2, seed=0, cache_dir=None,
         strict=strict, progress=progress)
 
 
-# Shared locks on the preparations this process reads, held until it exits.
-_IN_USE = {}
-
-
-def _hold_in_use(lock_path):
-    """Marks a preparation as read by this process: a shared lock on its
-    ".use" file (not the ".lock" of preparing, which a reuse takes).
-
-    `_remove_replaced` in another process then leaves it alone instead of
-    deleting records a running job is still reading.
-    """
-    import fcntl  # POSIX only.
-
-    if lock_path in _IN_USE:
-        return
-    fd = locks.open_lock_file(lock_path)
-    if fd is None:
-        return
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError:  # Being (re)prepared: nothing to protect yet.
-        os.close(fd)
-        return
-    _IN_USE[lock_path] = fd
-
-
 @contextlib.contextmanager
 def _locked(path, blocking=True):
     """Holds an exclusive lock file; yields False when not blocking and busy.
@@ -213,9 +187,7 @@ def _remove_replaced(dataset_dir, config):
             continue
         # This process has moved on to the new preparation: its own shared
         # lock on the old one must not keep it.
-        mine = _IN_USE.pop(path + ".use", None)
-        if mine is not None:
-            os.close(mine)
+        locks.release(path + ".use")
         with _locked(path + ".lock", blocking=False) as preparing, \
                 _locked(path + ".use", blocking=False) as unused:
             if not (preparing and unused):
@@ -339,7 +311,12 @@ def prepare_image_folder(data_dir, *, data_root, validation_split=0.2, seed=0,
                      builder.info.splits.total_num_examples,
                      time.perf_counter() - start)
         index = _load_index(builder, config.name)
-    _hold_in_use(os.path.join(dataset_dir, config.name + ".use"))
+    # Marks the preparation as read by this process (a shared lock on its
+    # ".use" file, not the ".lock" of preparing, which a reuse takes): then
+    # `_remove_replaced` in another process leaves it alone instead of
+    # deleting records a running job still reads. Not held when it is being
+    # prepared again: nothing to protect yet.
+    locks.hold(os.path.join(dataset_dir, config.name + ".use"), shared=True)
     if not reused:
         _remove_replaced(dataset_dir, config)
         if folder_config(data_dir, validation_split=validation_split, seed=seed,

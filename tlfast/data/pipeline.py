@@ -217,32 +217,6 @@ def clean_stale_cache(prefix):
     return removed
 
 
-_HELD_LOCKS = {}
-
-
-def _lock_cache(prefix):
-    """Takes an exclusive lock on a disk cache for this process's lifetime.
-
-    Returns:
-      True when the lock is held (by this process), False when another
-      process holds it.
-    """
-    import fcntl  # POSIX only; Windows users get the unlocked path below.
-
-    if prefix in _HELD_LOCKS:
-        return True
-    fd = locks.open_lock_file(prefix + ".tlfast-lock")
-    if fd is None:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)
-        return False
-    _HELD_LOCKS[prefix] = fd
-    return True
-
-
 def disk_cache_prefix(cache_dir, key):
     """Path prefix of the tf.data file cache for one content key."""
     directory = os.path.join(cache_dir, "pixels", key)
@@ -280,7 +254,8 @@ def finish(ds, num_examples, config, *, training, key=None):
                 "A disk cache needs cache_dir and a content key. Received: "
                 f"cache_dir={config.cache_dir!r}, key={key!r}")
         prefix = disk_cache_prefix(config.cache_dir, key)
-        if _lock_cache(prefix):
+        # Held for this process's lifetime: the file cache fills over an epoch.
+        if locks.hold(prefix + ".tlfast-lock"):
             clean_stale_cache(prefix)
             ds = ds.cache(prefix)
         elif os.path.exists(prefix + ".index"):
