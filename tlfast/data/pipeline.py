@@ -125,11 +125,14 @@ def decode_image(data, image_size, mode="resize"):
     shape = tf.shape(image)
     # Already the target size (e.g. a folder resized beforehand): every mode
     # would return the image unchanged, so skip the float round trip.
-    return tf.cond(
+    image = tf.cond(
         tf.logical_and(tf.equal(shape[0], image_size),
                        tf.equal(shape[1], image_size)),
-        lambda: tf.ensure_shape(image, (image_size, image_size, 3)),
+        lambda: image,
         lambda: resize_image(image, image_size, mode))
+    # Outside the cond: in a tf.function (not tf.data) an EnsureShape inside
+    # the untaken branch still runs, and fails on every other size.
+    return tf.ensure_shape(image, (image_size, image_size, 3))
 
 
 def files_dataset(entries, image_size, resize="resize", indices=None):
