@@ -17,12 +17,14 @@ STAGE_TITLES = {"head": "head", "fine_tune": "fine-tune"}
 MAX_ANNOTATED_CLASSES = 30
 
 
-def _save(fig, png_path):
+def _save(fig, png_path, fit_canvas=False):
     directory = os.path.dirname(os.path.abspath(png_path))
     os.makedirs(directory, exist_ok=True)
     FigureCanvasAgg(fig)
-    # "tight" keeps long class names and axis labels inside the image.
-    fig.savefig(png_path, dpi=100, bbox_inches="tight")
+    # A "tight" bounding box grows the canvas to fit labels that
+    # `tight_layout` could not (long class names), at the price of drawing
+    # the figure once more; fixed-size contents do without it.
+    fig.savefig(png_path, dpi=100, bbox_inches="tight" if fit_canvas else None)
     return fig
 
 
@@ -150,4 +152,4 @@ def plot_confusion_matrix(matrix, class_names, png_path):
                         fontsize=9 if n <= 12 else 7,
                         color="white" if matrix[i, j] > threshold else "black")
     fig.tight_layout()
-    return _save(fig, png_path)
+    return _save(fig, png_path, fit_canvas=True)
