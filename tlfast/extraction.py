@@ -105,10 +105,12 @@ def extract_all(train, validation, backbone_model, spec, size, canonical, config
         augmentation = None
         if view:
             augmentation = augment_lib.make_augmentation(
-                canonical, seed=config.seed * 1000 + view)
-        key = features_lib.FeatureKey(**base, view=view,
-                                      augment=canonical if view else "",
-                                      seed=config.seed if view else 0)
+                canonical, seed=augment_lib.view_seed(config.seed, view),
+                always=True)
+        key = features_lib.FeatureKey(
+            **base, view=view,
+            augment=f"{canonical}#v{augment_lib.VIEW_VERSION}" if view else "",
+            seed=config.seed if view else 0)
         jobs.append((train, key, augmentation))
     total = sum(len(entries) for entries, _, _ in jobs)
     results, stats = [], []
@@ -116,8 +118,7 @@ def extract_all(train, validation, backbone_model, spec, size, canonical, config
         clean = model_lib.build_feature_model(backbone_model)
         for entries, key, augmentation in jobs:
             feature_model = clean if augmentation is None else (
-                model_lib.build_feature_model(backbone_model, augmentation,
-                                              always_augment=True))
+                model_lib.build_feature_model(backbone_model, augmentation))
             if workers.count > 1:
                 feature_model = _LocalPredictor(feature_model)
             offset = phase.done

@@ -17,9 +17,12 @@ def _features(image, backbone_model, augmentation, always_augment=False):
     if augmentation is not None:
         # Augmentation works on float [0, 255]; the "none" mode is a cast.
         x = backbones.BackbonePreprocessing("none", name="to_float")(x)
-        # Fixed training=True: augmented views for the feature cache are made
-        # by `predict`, which otherwise turns augmentation off.
-        x = augmentation(x, training=True) if always_augment else augmentation(x)
+        if always_augment and not augmentation.always:
+            # Augmented views for the feature cache are made by `predict`;
+            # a call-site training=True would be overridden by its False.
+            augmentation = type(augmentation).from_config(
+                {**augmentation.get_config(), "always": True})
+        x = augmentation(x)
     x = preprocessing(x)
     # training=False keeps BatchNormalization in inference mode even when
     # top blocks are unfrozen for fine-tuning.

@@ -12,9 +12,17 @@ Specs are a preset name or a list of ops, each "op" or "op:strength":
     make_augmentation("flip,contrast:0.3")
 """
 
+import hashlib
+
 import keras
 
 from tlfast.errors import suggest
+
+# Part of the feature-cache key of augmented views: bump it whenever the
+# pixels a view gets for the same spec and seed change. 2: views really are
+# augmented (in version 1 `predict` switched them off: copies of the clean
+# features) and their seeds no longer overlap.
+VIEW_VERSION = 2
 
 # Strength meanings follow the Keras layers: rotation is a fraction of a full
 # turn, zoom / translation fractions of the side, contrast / brightness
@@ -110,11 +118,12 @@ class Augmentation(keras.layers.Layer):
     Input and output: float [B, H, W, 3] in [0, 255].
     """
 
-    def __init__(self, spec, seed=None, **kwargs):
+    def __init__(self, spec, seed=None, always=False, **kwargs):
         kwargs.setdefault("name", "augmentation")
         super().__init__(**kwargs)
         self.spec = spec
         self.seed = seed
+        self.always = bool(always)
         ops = parse_augmentation(spec)
         self.ops = [OPS[op](strength, None if seed is None else seed + i,
                             f"aug{i}_{op}")
@@ -125,7 +134,10 @@ class Augmentation(keras.layers.Layer):
             layer.build(input_shape)
 
     def call(self, inputs, training=None):
-        if not training:
+        # `always` lives in the layer because a call-site training=True does
+        # not survive: a Functional model hands its own `training` (False in
+        # `predict`) to every nested layer that takes one.
+        if not (training or self.always):
             return inputs
         x = inputs
         for layer in self.ops:
@@ -136,7 +148,8 @@ class Augmentation(keras.layers.Layer):
         return input_shape
 
     def get_config(self):
-        return {**super().get_config(), "spec": self.spec, "seed": self.seed}
+        return {**super().get_config(), "spec": self.spec, "seed": self.seed,
+                "always": self.always}
 
 
 def canonical_spec(spec):
@@ -144,18 +157,30 @@ def canonical_spec(spec):
     return ",".join(f"{op}:{s}" if s else op for op, s in parse_augmentation(spec))
 
 
-def make_augmentation(spec, seed=None):
+def make_augmentation(spec, seed=None, always=False):
     """Builds the augmentation block.
 
     Args:
       spec: See `parse_augmentation`.
       seed: Seed for the random layers (each gets its own derived seed).
+      always: Augment at inference too (`predict`, `training=False`): for
+        computing augmented views of the training images.
 
     Returns:
       An `Augmentation` layer mapping float32 [B, H, W, 3] in [0, 255] to the
-      same shape and range (identity unless `training=True`), or None for no
-      augmentation.
+      same shape and range (identity unless `training=True` or `always`), or
+      None for no augmentation.
     """
     if not parse_augmentation(spec):
         return None
-    return Augmentation(canonical_spec(spec), seed)
+    return Augmentation(canonical_spec(spec), seed, always=always)
+
+
+def view_seed(seed, view):
+    """The seed of augmented view `view` (>= 1) of a run seeded `seed`.
+
+    Hashed so that no two (seed, view) pairs share the consecutive seeds
+    their ops derive from it; in [0, 2**31) for every backend's generator.
+    """
+    digest = hashlib.sha256(f"tlfast-view|{seed}|{view}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") % (2**31 - 1000)
