@@ -379,10 +379,14 @@ def create_backbone(name, weights="imagenet", image_size=None, *, trainable=Fals
 
     Returns:
         A `keras.Model` named `backbone_<name>` from uint8 images
-        `(batch, S, S, 3)` to float32 features `(batch, spec.feature_dim)`.
-        Its one nested model (`get_inner_model`) is the applications model,
-        called with `training=False` so BatchNormalization stays in inference
-        mode even when unfrozen.
+        `(batch, S, S, 3)` to features `(batch, spec.feature_dim)` in the
+        policy's compute dtype (float16 under mixed_float16). Its one nested
+        model (`get_inner_model`) is the applications model. BatchNormalization
+        stays in inference mode because its layers are never made trainable:
+        the nested call's `training=False` holds only for calls without
+        `training` (Keras 3 passes `fit`'s `training=True` down to nested
+        layers, so dropout inside the backbone, e.g. EfficientNet's stochastic
+        depth, is active while fine-tuning).
     """
     spec, builder = _lookup(name)
     size = spec.default_size if image_size is None else image_size

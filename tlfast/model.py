@@ -24,8 +24,9 @@ def _features(image, backbone_model, augmentation, always_augment=False):
                 {**augmentation.get_config(), "always": True})
         x = augmentation(x)
     x = preprocessing(x)
-    # training=False keeps BatchNormalization in inference mode even when
-    # top blocks are unfrozen for fine-tuning.
+    # training=False holds for calls without `training`; `fit` passes its
+    # True down to nested layers. BatchNormalization stays in inference
+    # mode anyway: its layers are never trainable (`unfreeze_top_blocks`).
     return inner(x, training=False)
 
 
