@@ -451,3 +451,37 @@ def test_imagenet_features_separate_ants_from_bees():
     random = _nearest_centroid_accuracy(*_hymenoptera_features(None))
     assert pretrained >= 0.75, pretrained
     assert pretrained - random >= 0.15, (pretrained, random)
+
+
+def test_efficientnet_weights_file_computes_the_imagenet_models_features(
+        tmp_path, monkeypatch):
+    # Keras adds EfficientNet's extra input scaling only for weights=
+    # "imagenet"; a local copy of those weights (the offline route) must
+    # give the same features, not inputs scaled ~2x wrong.
+    from keras.src.applications import efficientnet
+
+    keras.utils.set_random_seed(0)
+    source = keras.applications.EfficientNetB0(
+        include_top=False, pooling="avg", weights=None, input_shape=(32, 32, 3))
+    norm = [l for l in source.layers if isinstance(l, keras.layers.Normalization)][0]
+    norm.set_weights([np.array([0.485, 0.456, 0.406], "float32"),
+                      np.array([0.229, 0.224, 0.225], "float32") ** 2, np.array(0)])
+    path = str(tmp_path / "effb0_notop.weights.h5")
+    source.save_weights(path)
+    with monkeypatch.context() as patch:  # Keras's "download" is the file.
+        patch.setattr(efficientnet.file_utils, "get_file", lambda *a, **k: path)
+        reference = keras.applications.EfficientNetB0(
+            include_top=False, pooling="avg", weights="imagenet",
+            input_shape=(32, 32, 3))
+    model = bb.create_backbone("efficientnet_b0", weights=path, image_size=32)
+    x = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), np.uint8)
+    expected = np.asarray(reference(x.astype("float32")))
+    np.testing.assert_allclose(np.asarray(model(x)), expected,
+                               atol=1e-5 * np.abs(expected).max())
+    saved = tmp_path / "backbone.keras"
+    model.save(saved)
+    np.testing.assert_array_equal(np.asarray(keras.models.load_model(saved)(x)),
+                                  np.asarray(model(x)))
+    # Features cached before the scaling was applied are not reused.
+    assert bb.weights_identity(path, "efficientnet_b0") != bb.weights_identity(path)
+    assert bb.weights_identity(path, "efficientnet_v2_b0") == bb.weights_identity(path)

@@ -287,12 +287,18 @@ def _normalize_weights(weights):
     return path
 
 
-def weights_identity(weights):
+def weights_identity(weights, name=None):
     """Returns a short stable id of `weights`, for cache keys.
+
+    Args:
+        weights: As for `create_backbone`.
+        name: Optional registry name of the backbone the weights go into.
 
     Returns:
         "imagenet", "none", or "sha256:<first 16 hex digits>" of the contents
-        of a local weights file.
+        of a local weights file; for a file in an EfficientNet (v1) backbone,
+        with "+imagenet_scale" (features before that scaling was applied
+        were keyed by the bare hash).
     """
     weights = _normalize_weights(weights)
     if not isinstance(weights, Path):
@@ -301,7 +307,12 @@ def weights_identity(weights):
     with open(weights, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
-    return "sha256:" + digest.hexdigest()[:16]
+    identity = "sha256:" + digest.hexdigest()[:16]
+    if name is not None:
+        spec, builder = _lookup(name)
+        if builder is None and _rescales_imagenet_input(spec):
+            identity += "+imagenet_scale"
+    return identity
 
 
 def _build_inner(spec, builder, input_shape, weights):
@@ -364,6 +375,35 @@ def _load_weights_file(inner, spec, path):
                          f"e.g. {missing[:5]}")
 
 
+def _rescales_imagenet_input(spec):
+    # keras.applications.EfficientNet (v1) divides its normalised input by
+    # sqrt(ImageNet std) -- a correction its published weights need -- only
+    # when built with weights="imagenet", never for weights=None or a file.
+    return spec.constructor.startswith("EfficientNetB")
+
+
+def _fold_imagenet_std(inner):
+    """Gives a file-loaded EfficientNet the input scaling of weights="imagenet".
+
+    A local weights file stands in for the ImageNet download (the offline
+    route), so it must compute the same features. Dividing the normalised
+    input by sqrt(std) is dividing by sqrt(variance * std): the factor goes
+    into the Normalization layer's variance, so the model's structure (and
+    its saved config) stays that of Keras's own model.
+    """
+    from keras.src.applications.efficientnet import IMAGENET_STDDEV_RGB
+
+    norms = [l for l in inner.layers if isinstance(l, keras.layers.Normalization)]
+    if len(norms) != 1:
+        raise ValueError(
+            f"Expected one Normalization layer in '{inner.name}' to apply the "
+            f"ImageNet input scaling. Received: {len(norms)} layers")
+    norm = norms[0]
+    norm.adapt_variance.assign(ops.multiply(
+        norm.adapt_variance, ops.convert_to_tensor(IMAGENET_STDDEV_RGB, "float32")))
+    norm.finalize_state()
+
+
 def create_backbone(name, weights="imagenet", image_size=None, *, trainable=False):
     """Builds a feature extractor for a registered backbone.
 
@@ -404,6 +444,8 @@ def create_backbone(name, weights="imagenet", image_size=None, *, trainable=Fals
         inner = _build_inner(spec, builder, input_shape, None)
         if weights is not None:
             _load_weights_file(inner, spec, weights)
+            if builder is None and _rescales_imagenet_input(spec):
+                _fold_imagenet_std(inner)
     if tuple(inner.output.shape) != (None, spec.feature_dim):
         raise ValueError(
             f"Backbone '{name}' outputs shape {inner.output.shape}, expected "

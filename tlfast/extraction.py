@@ -94,7 +94,7 @@ def extract_all(train, validation, backbone_model, spec, size, canonical, config
                 timings, strategy=None):
     """Features for every training view and for validation; an `Extracted`."""
     workers = distribute.workers_of(strategy)
-    identity = weights_fingerprint(config.weights, backbone_model)
+    identity = weights_fingerprint(config.weights, backbone_model, spec.name)
     base = dict(backbone=spec.name, weights=identity,
                 image_size=size, resize=config.resize,
                 preprocessing=spec.preprocessing,
@@ -152,7 +152,7 @@ class _LocalPredictor:
         return self._call(images).numpy()
 
 
-def weights_fingerprint(weights, backbone_model):
+def weights_fingerprint(weights, backbone_model, name=None):
     """The weights part of the feature-cache key.
 
     "imagenet" and files have a stable identity of their own. Random
@@ -160,7 +160,7 @@ def weights_fingerprint(weights, backbone_model):
     themselves, so features from one random backbone are never served to
     another (same seed, same weights, same key).
     """
-    identity = backbones.weights_identity(weights)
+    identity = backbones.weights_identity(weights, name)
     if identity != "none":
         return identity
     digest = hashlib.sha256()
