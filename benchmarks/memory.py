@@ -3,8 +3,9 @@ r"""Peak memory of the pixel pipeline under a RAM budget.
     python benchmarks/memory.py --num_images=20000 --ram_budget_mb=1024 \
         --work_dir=/tmp/tlfast-memory
 
-Writes `--num_images` synthetic 224-px JPEGs under `--work_dir` (once; reused
-on later runs), then, in a fresh child process, scans them and runs two epochs
+Writes `--num_images` synthetic JPEGs of `--image_size` under `--work_dir`
+(once per count and size; reused on later runs), then, with a fresh cache
+folder, in a fresh child process, scans them and runs two epochs
 of the training pipeline (shuffle on) with the given RAM budget, and reports
 the child's peak resident memory. With 20,000 images the decoded pixels are
 about 2.8 GiB, so a 1 GiB budget must spill to the disk cache.
@@ -14,6 +15,7 @@ import concurrent.futures
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -59,10 +61,16 @@ def generate(root, n, size):
     return len(todo)
 
 
+def _images_dir():
+    # Per count and size: an earlier run's images must not be measured too.
+    return os.path.join(FLAGS.work_dir,
+                        f"images-{FLAGS.num_images}-{FLAGS.image_size}px")
+
+
 def measure():
     import tlfast
 
-    root = os.path.join(FLAGS.work_dir, "images")
+    root = _images_dir()
     cache_dir = os.path.join(FLAGS.work_dir, "cache")
     folder = tlfast.list_image_folder(root)
     scan = tlfast.scan_files(folder.splits["all"], root=root, cache_dir=cache_dir)
@@ -93,15 +101,29 @@ def main(argv):
     if FLAGS.measure:
         measure()
         return
-    root = os.path.join(FLAGS.work_dir, "images")
+    if min(FLAGS.num_images, FLAGS.image_size, FLAGS.batch_size) < 1 or (
+            FLAGS.ram_budget_mb < 0):
+        raise app.UsageError(
+            "--num_images, --image_size and --batch_size must be >= 1 and "
+            f"--ram_budget_mb >= 0. Received: --num_images={FLAGS.num_images} "
+            f"--image_size={FLAGS.image_size} --batch_size={FLAGS.batch_size} "
+            f"--ram_budget_mb={FLAGS.ram_budget_mb}")
+    root = _images_dir()
     made = generate(root, FLAGS.num_images, FLAGS.image_size)
     print(f"{made} images written, {FLAGS.num_images - made} reused in {root}")
+    # A pixel cache left by an earlier run would skip the cache fill, the
+    # part of the first epoch this measures.
+    shutil.rmtree(os.path.join(FLAGS.work_dir, "cache"), ignore_errors=True)
     child = subprocess.run(
         [sys.executable, os.path.abspath(__file__), "--measure",
          *[f"--{k}={getattr(FLAGS, k)}" for k in
            ("num_images", "image_size", "ram_budget_mb", "batch_size",
             "work_dir")]],
-        check=True, capture_output=True, text=True)
+        capture_output=True, text=True)
+    if child.returncode:
+        sys.stderr.write(child.stderr)
+        raise SystemExit(f"The measuring child process failed (exit "
+                         f"{child.returncode}); its output is above.")
     row = json.loads(child.stdout.strip().splitlines()[-1])
     print(json.dumps(row))
     if FLAGS.output:

@@ -58,6 +58,11 @@ def forward(job):
             "compile_seconds": compile_seconds, "jit_compile": jit}
 
 
+# extract_features' shard size (its default), passed explicitly: `extract`
+# pre-compiles the batch shapes its chunks end with.
+_SHARD = 512
+
+
 class _StepTimer:
     """Wraps a model's `predict_on_batch`, recording when each batch is done.
 
@@ -91,7 +96,7 @@ def _extract_once(job, model, count, cache_dir):
     timer = _StepTimer(model)
     start = time.perf_counter()
     _, stats = features_lib.extract_features(source.ids[:count], make_dataset,
-                                             timer, cache)
+                                             timer, cache, shard_size=_SHARD)
     seconds = time.perf_counter() - start
     if stats.forwarded != count:
         raise RuntimeError(f"Expected a cold extraction of {count} images; "
@@ -106,9 +111,13 @@ def extract(job):
     jit = job.set_jit_compile(model)
     count = min(job.num_images(), len(job.prepared_source()))
     batch = job.settings.batch_size
-    # Compile for both batch shapes the run will see (full and remainder).
+    # Compile for every batch shape the run will see: full batches, the
+    # remainder of the whole run (one dataset, overlapped) and of each
+    # _SHARD-sized chunk (decoded chunk by chunk on the CPU).
+    shapes = {batch, count % batch} | {
+        min(_SHARD, count - s) % batch for s in range(0, count, _SHARD)}
     start = time.perf_counter()
-    for n in sorted({batch, count % batch} - {0}):
+    for n in sorted(shapes - {0}):
         np.asarray(model.predict_on_batch(
             np.zeros((n, job.image_size, job.image_size, 3), np.uint8)))
     compile_seconds = time.perf_counter() - start

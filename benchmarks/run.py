@@ -259,11 +259,34 @@ def _check_flags():
             keras.mixed_precision.Policy(policy)
         except ValueError as e:
             raise app.UsageError(f"Bad --precision {policy!r}: {e}")
+    if not FLAGS.modes:
+        raise app.UsageError(f"--modes is empty; choose from {', '.join(ALL_MODES)}.")
+    if "tlfast_recipe" in FLAGS.modes:
+        # tlfast-train's own choices: checked now, not after the seed run.
+        from tlfast.precision import PRECISIONS
+        bad = [p for p in FLAGS.precision if p not in PRECISIONS]
+        if bad:
+            raise app.UsageError(f"--modes=tlfast_recipe runs tlfast-train, whose "
+                                 f"--precision is one of {PRECISIONS}. Received: "
+                                 f"--precision={','.join(FLAGS.precision)}")
     needs_data = [m for m in FLAGS.modes
                   if m in ("extract",) + RECIPE_MODES + INPUT_MODES]
     if needs_data and not FLAGS.data_dir:
         raise app.UsageError(f"--data_dir is required by --modes {needs_data}: "
                              "a folder of class sub-folders of images.")
+    if FLAGS.data_dir and not os.path.isdir(FLAGS.data_dir):
+        raise app.UsageError(f"--data_dir is not a folder. Received: "
+                             f"--data_dir={FLAGS.data_dir}")
+    for name in ("max_images", "image_size"):
+        value = getattr(FLAGS, name)
+        if value is not None and value < 1:
+            raise app.UsageError(f"--{name} must be >= 1 (or unset). Received: "
+                                 f"--{name}={value}")
+    for name in FLAGS.backbones if FLAGS.image_size else ():
+        spec = backbones.get_backbone_spec(name)
+        if FLAGS.image_size < spec.min_size:
+            raise app.UsageError(f"--image_size must be >= {spec.min_size} for "
+                                 f"'{name}'. Received: --image_size={FLAGS.image_size}")
     if min(FLAGS.batch_size, FLAGS.head_batch_size, FLAGS.epochs,
            FLAGS.head_epochs, FLAGS.head_examples, FLAGS.repeats,
            FLAGS.model_repeats, FLAGS.warmup_steps) < 1:
@@ -324,6 +347,7 @@ def report(rows):
     table = format_table(rows)
     print("\n" + table)
     if FLAGS.table:
+        os.makedirs(os.path.dirname(os.path.abspath(FLAGS.table)), exist_ok=True)
         with open(FLAGS.table, "w") as f:
             f.write(table + "\n")
     if FLAGS.plot:
