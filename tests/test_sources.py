@@ -105,6 +105,14 @@ def test_file_names_that_are_not_utf8_are_skipped_with_a_reason(tmp_path):
     assert "not valid UTF-8" in skipped.reason
 
 
+def test_a_class_folder_name_that_is_not_utf8_is_a_clear_error(tmp_path):
+    write_image(tmp_path / "a" / "fine.jpg")
+    write_image(tmp_path / "b" / "fine.jpg")
+    os.rename(tmp_path / "b", os.path.join(os.fsencode(tmp_path), b"v\x94gel"))
+    with pytest.raises(ValueError, match=r"UTF-8.*rename.*v\\x94gel"):
+        sources.list_image_folder(tmp_path)
+
+
 def test_images_outside_class_folders_are_reported(tmp_path):
     write_image(tmp_path / "a" / "x.jpg")
     write_image(tmp_path / "b" / "y.jpg")

@@ -188,6 +188,8 @@ def test_fine_tuning_changes_only_the_top_block_and_keeps_bn_stats(tiny_config):
     ({"data_dir": "/no/such/folder"}, "Dataset folder not found"),
     ({"data_dir": None, "tfds_name": "tf_flowers", "export": "tflite_int8"},
      "tflite_int8 needs an image folder"),
+    ({"data_dir": None, "tfds_name": "tf_flowers",
+      "data_service_address": "grpc://localhost:1"}, "not tfds_name"),
 ])
 def test_bad_settings_fail_before_heavy_work(tiny_config, change, match):
     with pytest.raises((ValueError, OSError), match=match):

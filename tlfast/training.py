@@ -100,6 +100,14 @@ def check_config(config):
         raise ValueError(
             "Pass either data_dir or tfds_name, not both. Received: "
             f"data_dir={config.data_dir!r}, tfds_name={config.tfds_name!r}")
+    if config.data_service_address and config.tfds_name:
+        # Only image folders are decoded on service workers; a TFDS dataset
+        # would silently decode here.
+        raise ValueError(
+            "data_service_address works with data_dir (an image folder), not "
+            "tfds_name. Received: tfds_name="
+            f"{config.tfds_name!r}, data_service_address="
+            f"{config.data_service_address!r}")
     if config.data_dir and not os.path.isdir(os.path.expanduser(config.data_dir)):
         raise FileNotFoundError(
             f"Dataset folder not found: '{config.data_dir}'. Expected a folder "

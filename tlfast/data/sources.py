@@ -75,11 +75,18 @@ def _is_hidden(name):
 
 
 def _class_dirs(path):
-    return sorted(
-            entry.name
-            for entry in os.scandir(path)
-            if entry.is_dir() and not _is_hidden(entry.name)
-    )
+    names = sorted(entry.name for entry in os.scandir(path)
+                   if entry.is_dir() and not _is_hidden(entry.name))
+    bad = [name for name in names if not is_utf8(name)]
+    if bad:
+        # A class name is written to labels.txt, TFDS metadata and the
+        # model's outputs: there is no skipping it like a file.
+        shown = [name.encode("utf-8", "surrogateescape") for name in bad]
+        raise ValueError(
+            f"Class folder names must be valid UTF-8 (a zip made on Windows "
+            f"can store other bytes); rename the folders in '{path}'. "
+            f"Received: {shown}")
+    return names
 
 
 # Bytes that are not UTF-8 (e.g. names from a zip made on Windows) cannot be
