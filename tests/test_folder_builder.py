@@ -144,6 +144,23 @@ def test_unchanged_folder_is_reused(junk_folder, tmp_path, caplog):
     assert second.index["train"][0] == first.index["train"][0]
 
 
+def test_a_replaced_preparation_in_use_is_removed_once_free(junk_folder, tmp_path):
+    import fcntl
+
+    first = _prepare(junk_folder, tmp_path)
+    # Another job reading the first preparation: its shared lock.
+    reader = os.open(os.path.dirname(first.data_dir) + ".use", os.O_RDONLY)
+    fcntl.flock(reader, fcntl.LOCK_SH)
+    try:
+        write_image(junk_folder / "cats" / "added.jpg")
+        second = _prepare(junk_folder, tmp_path)
+        assert not second.reused and os.path.exists(first.data_dir)
+    finally:
+        os.close(reader)
+    third = _prepare(junk_folder, tmp_path)
+    assert third.reused and not os.path.exists(first.data_dir)
+
+
 def test_touched_and_added_files_are_prepared_again(junk_folder, tmp_path):
     first = _prepare(junk_folder, tmp_path)
     touched = junk_folder / "dogs" / "img_000.jpg"

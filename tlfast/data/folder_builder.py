@@ -317,8 +317,10 @@ def prepare_image_folder(data_dir, *, data_root, validation_split=0.2, seed=0,
     # deleting records a running job still reads. Not held when it is being
     # prepared again: nothing to protect yet.
     locks.hold(os.path.join(dataset_dir, config.name + ".use"), shared=True)
+    # On a reuse too: a replaced preparation kept while another job read it
+    # is removed by the next run that finds it free.
+    _remove_replaced(dataset_dir, config)
     if not reused:
-        _remove_replaced(dataset_dir, config)
         if folder_config(data_dir, validation_split=validation_split, seed=seed,
                          max_pixels=max_pixels,
                          skip_placeholders=skip_placeholders).name != config.name:
