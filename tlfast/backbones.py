@@ -309,8 +309,7 @@ def weights_identity(weights, name=None):
             digest.update(chunk)
     identity = "sha256:" + digest.hexdigest()[:16]
     if name is not None:
-        spec, builder = _lookup(name)
-        if builder is None and _rescales_imagenet_input(spec):
+        if _rescales_imagenet_input(*_lookup(name)):
             identity += "+imagenet_scale"
     return identity
 
@@ -375,11 +374,12 @@ def _load_weights_file(inner, spec, path):
                          f"e.g. {missing[:5]}")
 
 
-def _rescales_imagenet_input(spec):
+def _rescales_imagenet_input(spec, builder):
     # keras.applications.EfficientNet (v1) divides its normalised input by
     # sqrt(ImageNet std) -- a correction its published weights need -- only
     # when built with weights="imagenet", never for weights=None or a file.
-    return spec.constructor.startswith("EfficientNetB")
+    # A registered builder is someone else's model.
+    return builder is None and spec.constructor.startswith("EfficientNetB")
 
 
 def _fold_imagenet_std(inner):
@@ -444,7 +444,7 @@ def create_backbone(name, weights="imagenet", image_size=None, *, trainable=Fals
         inner = _build_inner(spec, builder, input_shape, None)
         if weights is not None:
             _load_weights_file(inner, spec, weights)
-            if builder is None and _rescales_imagenet_input(spec):
+            if _rescales_imagenet_input(spec, builder):
                 _fold_imagenet_std(inner)
     if tuple(inner.output.shape) != (None, spec.feature_dim):
         raise ValueError(
