@@ -202,6 +202,11 @@ def get_backbone_spec(name):
     return _lookup(name)[0]
 
 
+def get_backbone_builder(name):
+    """Returns the builder registered with `name`, or None for keras.applications."""
+    return _lookup(name)[1]
+
+
 def register_backbone(spec, *, builder=None, overwrite=False):
     """Adds `spec` to the registry.
 

@@ -115,12 +115,15 @@ class ExtractStats:
       cached: Examples served from the cache.
       forwarded: Examples pushed through the backbone in this call.
       seconds: Wall time of the call.
+      shards: (name, size, mtime_ns) of the cache shards that hold the
+        examples afterwards, sorted (what a later run checks is unchanged).
     """
 
     total: int
     cached: int
     forwarded: int
     seconds: float
+    shards: tuple = ()
 
     @property
     def status(self):
@@ -152,6 +155,11 @@ def _stat_key(path):
     return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
+def feature_folder(cache_dir, digest):
+    """Where the shards of the `FeatureKey` with this digest live."""
+    return os.path.join(os.fspath(cache_dir), "features", digest)
+
+
 class FeatureCache:
     """The shards of one `FeatureKey`, under `<cache_dir>/features/<digest>/`.
 
@@ -167,7 +175,7 @@ class FeatureCache:
         if not isinstance(key, FeatureKey):
             raise TypeError(f"Expected a FeatureKey. Received: key={key!r}")
         self.key = key
-        self.path = os.path.join(os.fspath(cache_dir), "features", key.digest())
+        self.path = feature_folder(cache_dir, key.digest())
         os.makedirs(self.path, exist_ok=True)
         self._lock_fd, self._scope = None, None
         self._shard_ids = {}  # name -> (stat key, ids array), read once.
@@ -359,6 +367,16 @@ class FeatureCache:
                 found[rows] = True
             if len(bad) == num_bad:
                 return out, found
+
+    def shard_files(self, ids):
+        """(name, size, mtime_ns) of the shards holding `ids`, sorted by name."""
+        index = self._index()
+        shards = []
+        for name in sorted({index[i] for i in ids if i in index}):
+            with contextlib.suppress(OSError):  # Deleted since the listing.
+                st = os.stat(os.path.join(self.path, name))
+                shards.append((name, st.st_size, st.st_mtime_ns))
+        return tuple(shards)
 
     def write_shard(self, ids, features):
         """Stores one shard atomically (temporary file, then `os.replace`).
@@ -582,9 +600,10 @@ def extract_features(ids, make_dataset, model, cache, *, shard_size=512,
                 f"make_dataset yielded {done} examples for {len(missing)} "
                 "indices (a file unreadable since the scan?), so features and "
                 "ids cannot be matched.")
+        shards = cache.shard_files(ids)
     if features is None:  # Only for ids == [] before anything was cached.
         features = np.zeros((0, 0), np.float32)
     # With `part`, "cached" counts what this call did not have to compute.
     stats = ExtractStats(len(ids), len(ids) - len(missing), done,
-                         time.perf_counter() - start)
+                         time.perf_counter() - start, shards)
     return features, stats

@@ -97,6 +97,11 @@ flags.DEFINE_enum("distribution", _D.distribution, ["none", "mirrored",
                   "TPU of TPU_NAME or this TPU VM.")
 flags.DEFINE_integer("seed", _D.seed, "Seed for split, initialisation, "
                      "shuffling and augmentation.")
+flags.DEFINE_bool("reuse_outputs", _D.reuse_outputs, "When --output_dir "
+                  "already holds the outputs of an identical run (same data, "
+                  "settings, weights and versions; files unchanged; features "
+                  "still cached), keep them instead of training again; "
+                  "--noreuse_outputs always trains.")
 flags.DEFINE_bool("strict", _D.strict, "Fail on any bad image instead of "
                   "skipping it.")
 

@@ -23,6 +23,7 @@ from tlfast import distribute
 from tlfast import extraction
 from tlfast import head as head_lib
 from tlfast import model as model_lib
+from tlfast import reuse
 from tlfast import run_data
 from tlfast import run_outputs
 from tlfast.data import augment as augment_lib
@@ -82,6 +83,9 @@ class TrainConfig:
     distribution: str = "none"
     seed: int = 0
     strict: bool = False
+    # Keep the outputs already in output_dir when they come from an identical
+    # run (see tlfast.reuse); False always trains.
+    reuse_outputs: bool = True
 
 
 def check_config(config):
@@ -316,6 +320,11 @@ def _run_training(config, replicas, strategy=None):
     start = time.perf_counter()
     timings = {}
     spec, size, canonical = check_config(config)
+    key = reuse.run_key(config, spec, size, canonical)
+    if key is not None:
+        reused = reuse.reuse_outputs(key, config, timings, start)
+        if reused is not None:
+            return reused
     # Built first: a random initialisation then depends only on the seed,
     # not on how much randomness loading the data happened to use.
     with Phase("backbone", timings=timings):
@@ -384,6 +393,7 @@ def _run_training(config, replicas, strategy=None):
         "scan_cached": data.scan_cached,
         "image_size": size,
         "prepared_tfds": data.prepared_tfds,
+        "outputs_reused": False,
         **report,
     }
     run_outputs.write_json(os.path.join(config.output_dir, "metrics.json"), metrics)
@@ -403,6 +413,8 @@ def _run_training(config, replicas, strategy=None):
                   "validation_split": config.validation_split,
                   "tfds_splits": data.tfds_splits},
         "cache_keys": {"features": extracted.digests},
+        **({} if key is None else
+           reuse.record(key, config.output_dir, extracted)),
     })
     log.info("val_accuracy=%.4f  feature_cache=%s  forwarded=%d  total=%.1fs",
              val_accuracy, cache_status, forwarded, timings["total"])

@@ -1,0 +1,236 @@
+"""Up-to-date outputs: re-running an identical job keeps what it already wrote.
+
+A finished run records in run.json a *run key* (a hash of everything its
+outputs depend on: the settings, the image folder's content, the weights,
+the precision policy, and the tlfast, TensorFlow and Keras versions), the
+size and modification time of every file it left in `--output_dir`, and the
+feature-cache shards that held its features. A later run with the same key
+whose files are all unchanged, and whose features are all still cached, has
+nothing to recompute: like `make`, it keeps the outputs and only rewrites
+metrics.json (its own timings, `"outputs_reused": true`). Anything else, and
+`reuse_outputs=False`, runs the whole job (with the feature cache as usual).
+"""
+
+import dataclasses
+import hashlib
+import inspect
+import json
+import logging
+import os
+import platform
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+import tlfast
+from tlfast import backbones
+from tlfast import features as features_lib
+from tlfast import prepare
+from tlfast import run_outputs
+from tlfast.data import sources
+
+log = logging.getLogger("tlfast")
+
+# Bump when what a run writes changes in a way the key does not show.
+RUN_KEY_VERSION = 1
+# Fields that change where or how a run works, never what it writes.
+_NOT_IN_KEY = frozenset({"output_dir", "cache_dir", "ram_budget_mb",
+                         "feature_shard_size", "data_service_address",
+                         "reuse_outputs"})
+# Rewritten by every run (metrics.json) or by the one that trains (run.json).
+_UNCHECKED = frozenset({"metrics.json", "run.json"})
+_code_digest = None
+
+
+def _source_digest():
+    """Hash of tlfast's own Python sources (an edited checkout is a new version)."""
+    global _code_digest
+    if _code_digest is None:
+        root = os.path.dirname(os.path.abspath(tlfast.__file__))
+        digest = hashlib.sha256()
+        for folder, dirs, files in sorted(os.walk(root)):
+            dirs.sort()
+            for name in sorted(files):
+                if name.endswith(".py"):
+                    path = os.path.join(folder, name)
+                    digest.update(os.path.relpath(path, root).encode() + b"\0")
+                    with open(path, "rb") as f:
+                        digest.update(f.read())
+        _code_digest = digest.hexdigest()[:16]
+    return _code_digest
+
+
+def _builder_identity(name):
+    """A registered builder's name and source: editing it changes the key."""
+    builder = backbones.get_backbone_builder(name)
+    if builder is None:
+        return None
+    try:
+        source = inspect.getsource(builder)
+    except (OSError, TypeError):
+        source = ""
+    return (f"{getattr(builder, '__module__', '')}."
+            f"{getattr(builder, '__qualname__', repr(builder))}:"
+            f"{hashlib.sha256(source.encode()).hexdigest()[:16]}")
+
+
+def run_key(config, spec, size, canonical):
+    """The hash of everything a run's outputs depend on, or None.
+
+    None where reuse does not apply: `reuse_outputs=False`, random backbone
+    weights (`weights=None`: they come from whatever global seed the caller
+    set, which the key cannot see), a TFDS dataset (no content listing to
+    compare), or a distributed run (every worker must take part in it).
+
+    Args:
+      config: The run's `TrainConfig`.
+      spec: Its `BackboneSpec`.
+      size: The resolved image size.
+      canonical: The canonical augmentation string.
+
+    Returns:
+      A hex string, or None.
+    """
+    weights = backbones.weights_identity(config.weights, spec.name)
+    if (not config.reuse_outputs or weights == "none" or config.tfds_name
+            or not config.data_dir or config.distribution != "none"):
+        return None
+    # Imported here: TFDS takes a moment to import, and only folders need it.
+    from tlfast.data import folder_builder
+
+    # The folder's listing (every file's relative path, size and mtime), the
+    # split and scan settings: the identity of its prepared data.
+    folder = folder_builder.folder_config(
+        config.data_dir, validation_split=config.validation_split,
+        seed=config.seed, max_pixels=config.max_pixels,
+        skip_placeholders=config.skip_placeholders).name
+    settings = {k: v for k, v in dataclasses.asdict(config).items()
+                if k not in _NOT_IN_KEY}
+    blob = json.dumps({
+        "version": RUN_KEY_VERSION,
+        "config": settings,
+        "folder": folder,
+        "backbone": [dataclasses.astuple(spec), _builder_identity(spec.name)],
+        "image_size": size,
+        "augment": canonical,
+        "weights": weights,
+        "policy": keras.mixed_precision.global_policy().name,
+        "backend": keras.backend.backend(),
+        "versions": [tlfast.__version__, _source_digest(), tf.__version__,
+                     keras.__version__, np.__version__,
+                     platform.python_version()],
+    }, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def output_files(output_dir):
+    """relpath -> [size, mtime_ns] of every file a run left in `output_dir`."""
+    files = {}
+    for folder, dirs, names in os.walk(output_dir):
+        dirs.sort()
+        for name in sorted(names):
+            path = os.path.join(folder, name)
+            relpath = os.path.relpath(path, output_dir).replace(os.sep, "/")
+            if relpath in _UNCHECKED or name.startswith(".tmp"):
+                continue
+            st = os.stat(path)
+            files[relpath] = [st.st_size, st.st_mtime_ns]
+    return files
+
+
+def record(key, output_dir, extracted):
+    """The run.json entries that let a later identical run reuse the outputs.
+
+    Call after every output but run.json and metrics.json is written.
+    """
+    return {"run_key": key,
+            "outputs": output_files(output_dir),
+            "feature_shards": {digest: [list(s) for s in stat.shards]
+                               for digest, stat in zip(extracted.digests,
+                                                       extracted.stats)}}
+
+
+def _read_json(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def _stale(key, config, run, metrics):
+    """Why the outputs in `config.output_dir` cannot be kept, or None."""
+    if run is None or metrics is None:
+        return "no finished run there"
+    if run.get("run_key") != key:
+        return ("the data, settings, weights or versions differ from its "
+                "last run")
+    for relpath, stat in run.get("outputs", {}).items():
+        try:
+            st = os.stat(os.path.join(config.output_dir, relpath))
+        except OSError:
+            return f"{relpath} is missing"
+        if [st.st_size, st.st_mtime_ns] != stat:
+            return f"{relpath} changed since it was written"
+    if not run.get("outputs") or "model.keras" not in run["outputs"]:
+        return "model.keras is missing"
+    if any("error" in result for result in (metrics.get("exports") or {}).values()):
+        return "an export failed in its last run"
+    cache_dir = os.path.expanduser(config.cache_dir)
+    for digest, shards in run.get("feature_shards", {}).items():
+        folder = features_lib.feature_folder(cache_dir, digest)
+        for name, size, mtime_ns in shards:
+            try:
+                st = os.stat(os.path.join(folder, name))
+            except OSError:
+                return f"its cached features are gone from {folder}"
+            if [st.st_size, st.st_mtime_ns] != [size, mtime_ns]:
+                return f"its cached features in {folder} changed"
+    return None
+
+
+def reuse_outputs(key, config, timings, start):
+    """Keeps the outputs of an identical earlier run, if they are intact.
+
+    Args:
+      key: This run's `run_key` (not None).
+      config: The run's `TrainConfig`.
+      timings: This run's phase timings so far (updated with "total").
+      start: `time.perf_counter()` at the start of the run.
+
+    Returns:
+      The metrics dict written to metrics.json, or None when the job must
+      run (the reason is logged).
+    """
+    out = config.output_dir
+    run = _read_json(os.path.join(out, "run.json"))
+    metrics = _read_json(os.path.join(out, "metrics.json"))
+    why = _stale(key, config, run, metrics)
+    if why:
+        if run is not None:
+            log.info("Training anew in %s: %s.", out, why)
+        return None
+    log.info("%s holds the outputs of an identical run (same data, settings, "
+             "weights and versions; every file unchanged, every feature "
+             "cached): kept. Pass --noreuse_outputs to train again.", out)
+    prepare.log_skipped([sources.Skipped(s["path"], s["reason"])
+                         for s in metrics.get("skipped", [])])
+    timings["reuse_check"] = timings["total"] = round(
+        time.perf_counter() - start, 3)
+    metrics.update({
+        "timings_s": timings,
+        "trained_timings_s": metrics.get("trained_timings_s",
+                                         metrics.get("timings_s")),
+        "feature_cache": "hit",
+        "backbone_images_forwarded": 0,
+        "features_cached": (metrics["num_train"] * (config.augment_views + 1)
+                            + metrics["num_val"]),
+        "scan_cached": 0,
+        "outputs_reused": True,
+    })
+    run_outputs.write_json(os.path.join(out, "metrics.json"), metrics)
+    log.info("val_accuracy=%.4f  feature_cache=hit  forwarded=0  total=%.1fs "
+             "(outputs reused)", metrics["val_accuracy"], timings["total"])
+    return metrics
