@@ -99,6 +99,44 @@ def test_any_change_trains_again(tiny_config, change, cache):
     assert _run(config)["outputs_reused"] is config.reuse_outputs
 
 
+def test_a_run_without_reuse_still_records_its_outputs(tiny_config):
+    _run(dataclasses.replace(tiny_config, reuse_outputs=False))
+    assert _run(tiny_config)["outputs_reused"] is True
+
+
+def test_other_files_in_the_output_folder_do_not_count(tiny_config):
+    notes = os.path.join(tiny_config.output_dir, "notes.txt")
+    os.makedirs(tiny_config.output_dir)
+    open(notes, "w").write("before")
+    os.utime(notes, ns=(0, 0))  # Older than the run.
+    _run(tiny_config)
+    open(notes, "w").write("edited afterwards")
+    os.symlink("nowhere", os.path.join(tiny_config.output_dir, "dangling"))
+    assert _run(tiny_config)["outputs_reused"] is True
+
+
+@pytest.mark.parametrize("run_json, metrics_json", [
+    ([], None), ("x", None), (None, []), (None, {"run_key": "?"}),
+    ({"outputs": None}, None), ({"feature_shards": {"d": [["a", 1]]}}, None),
+    (None, {"exports": {"tflite": None}}), (None, {"num_train": "many"}),
+], ids=["run_list", "run_str", "metrics_list", "metrics_key", "outputs_none",
+        "short_shard", "export_none", "bad_count"])
+def test_malformed_records_mean_train_not_crash(tiny_config, run_json,
+                                                metrics_json):
+    _run(tiny_config)
+    for name, content in (("run.json", run_json),
+                          ("metrics.json", metrics_json)):
+        if content is None:
+            continue
+        path = os.path.join(tiny_config.output_dir, name)
+        if isinstance(content, dict):
+            content = {**json.load(open(path)), **content}
+        json.dump(content, open(path, "w"))
+    metrics = _run(tiny_config)
+    assert metrics["outputs_reused"] is False
+    assert _run(tiny_config)["outputs_reused"] is True
+
+
 def test_a_failed_export_is_retried(tiny_config):
     _run(tiny_config)
     path = os.path.join(tiny_config.output_dir, "metrics.json")
@@ -117,10 +155,12 @@ def test_run_key_covers_results_not_locations(tiny_config, tmp_path,
                                               monkeypatch):
     key = _key(tiny_config)
     assert key == _key(tiny_config)
-    # Where caches live and how much RAM they get change no result.
+    # Where caches live and how they are sharded change no result.
     assert key == _key(dataclasses.replace(
-        tiny_config, cache_dir=str(tmp_path / "elsewhere"), ram_budget_mb=1,
-        feature_shard_size=3))
+        tiny_config, cache_dir=str(tmp_path / "elsewhere"),
+        feature_shard_size=3, reuse_outputs=False))
+    # The RAM budget sizes fine-tuning's shuffle buffer.
+    assert key != _key(dataclasses.replace(tiny_config, ram_budget_mb=1))
     assert key != _key(dataclasses.replace(tiny_config, seed=1))
     assert key != _key(dataclasses.replace(tiny_config, image_size=40))
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
@@ -139,10 +179,31 @@ def test_run_key_follows_the_weights_file(tiny_config):
 
 
 @pytest.mark.parametrize("change", [
-    {"reuse_outputs": False}, {"tfds_name": "tf_flowers", "data_dir": None},
-    {"weights": None}, {"distribution": "mirrored"},
+    {"tfds_name": "tf_flowers", "data_dir": None}, {"weights": None},
+    {"distribution": "mirrored"},
 ])
 def test_no_key_where_reuse_does_not_apply(tiny_config, change):
     config = dataclasses.replace(tiny_config, **change)
     spec = backbones.get_backbone_spec(config.backbone)
     assert reuse.run_key(config, spec, 32, "none") is None
+
+
+def test_a_second_run_into_the_folder_waits_for_the_first(tiny_config, caplog):
+    import fcntl
+    import threading
+    import time
+
+    os.makedirs(tiny_config.output_dir)
+    fd = os.open(os.path.join(tiny_config.output_dir, training.RUN_LOCK),
+                 os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # As a run in another process would.
+    results = []
+    second = threading.Thread(target=lambda: results.append(_run(tiny_config)))
+    with caplog.at_level("INFO", logger="tlfast"):
+        second.start()
+        time.sleep(1.0)
+        waiting = second.is_alive()
+        os.close(fd)
+        second.join(120)
+    assert waiting and "Waiting for the other run writing to" in caplog.text
+    assert results and results[0]["outputs_reused"] is False

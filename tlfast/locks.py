@@ -7,7 +7,11 @@ falls back from read-write to read-only (flock works on either), and to no
 lock at all when the file cannot even be read.
 """
 
+import contextlib
+import logging
 import os
+
+log = logging.getLogger("tlfast")
 
 
 def open_lock_file(path):
@@ -65,3 +69,28 @@ def release(path):
     fd = _HELD.pop(path, None)
     if fd is not None:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def exclusive(path, waiting_message):
+    """Holds an exclusive flock on the lock file `path`, waiting for it.
+
+    Logs `waiting_message` when another process holds it. Proceeds unlocked
+    where the file cannot be opened or flock is missing (as `open_lock_file`).
+    """
+    try:
+        import fcntl
+    except ImportError:  # Windows.
+        fcntl = None
+    fd = None if fcntl is None else open_lock_file(path)
+    try:
+        if fd is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                log.info(waiting_message)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)

@@ -8,7 +8,13 @@ feature-cache shards that held its features. A later run with the same key
 whose files are all unchanged, and whose features are all still cached, has
 nothing to recompute: like `make`, it keeps the outputs and only rewrites
 metrics.json (its own timings, `"outputs_reused": true`). Anything else, and
-`reuse_outputs=False`, runs the whole job (with the feature cache as usual).
+`reuse_outputs=False`, runs the whole job (with the feature cache as usual)
+and records its own outputs.
+
+The key cannot see what lies outside tlfast's settings: the device (CPU or
+GPU at the same precision policy), TF determinism or XLA flags, or code a
+custom backbone builder calls; pass `--noreuse_outputs` when those change.
+Random backbone weights, TFDS datasets and distributed runs always train.
 """
 
 import dataclasses
@@ -18,6 +24,7 @@ import json
 import logging
 import os
 import platform
+import stat
 import time
 
 import keras
@@ -35,10 +42,10 @@ log = logging.getLogger("tlfast")
 
 # Bump when what a run writes changes in a way the key does not show.
 RUN_KEY_VERSION = 1
-# Fields that change where or how a run works, never what it writes.
-_NOT_IN_KEY = frozenset({"output_dir", "cache_dir", "ram_budget_mb",
-                         "feature_shard_size", "data_service_address",
-                         "reuse_outputs"})
+# Fields that change where or how a run works, never what it writes. (Not
+# ram_budget_mb: it sizes fine-tuning's shuffle buffer.)
+_NOT_IN_KEY = frozenset({"output_dir", "cache_dir", "feature_shard_size",
+                         "data_service_address", "reuse_outputs"})
 # Rewritten by every run (metrics.json) or by the one that trains (run.json).
 _UNCHECKED = frozenset({"metrics.json", "run.json"})
 _code_digest = None
@@ -79,7 +86,7 @@ def _builder_identity(name):
 def run_key(config, spec, size, canonical):
     """The hash of everything a run's outputs depend on, or None.
 
-    None where reuse does not apply: `reuse_outputs=False`, random backbone
+    None where reuse does not apply: random backbone
     weights (`weights=None`: they come from whatever global seed the caller
     set, which the key cannot see), a TFDS dataset (no content listing to
     compare), or a distributed run (every worker must take part in it).
@@ -94,7 +101,7 @@ def run_key(config, spec, size, canonical):
       A hex string, or None.
     """
     weights = backbones.weights_identity(config.weights, spec.name)
-    if (not config.reuse_outputs or weights == "none" or config.tfds_name
+    if (weights == "none" or config.tfds_name
             or not config.data_dir or config.distribution != "none"):
         return None
     # Imported here: TFDS takes a moment to import, and only folders need it.
@@ -125,31 +132,47 @@ def run_key(config, spec, size, canonical):
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
-def output_files(output_dir):
-    """relpath -> [size, mtime_ns] of every file a run left in `output_dir`."""
+def output_files(output_dir, since_ns=0):
+    """relpath -> [size, mtime_ns] of the files written into `output_dir`.
+
+    Regular files modified at or after `since_ns` (the run's start), but
+    metrics.json, run.json and hidden files (temporary, probe and lock
+    files): what other tools or users keep there does not count.
+    """
     files = {}
     for folder, dirs, names in os.walk(output_dir):
         dirs.sort()
         for name in sorted(names):
             path = os.path.join(folder, name)
             relpath = os.path.relpath(path, output_dir).replace(os.sep, "/")
-            if relpath in _UNCHECKED or name.startswith(".tmp"):
+            if relpath in _UNCHECKED or name.startswith("."):
                 continue
-            st = os.stat(path)
-            files[relpath] = [st.st_size, st.st_mtime_ns]
+            try:
+                st = os.lstat(path)
+            except OSError:  # Gone since the listing: not this run's.
+                continue
+            if stat.S_ISREG(st.st_mode) and st.st_mtime_ns >= since_ns:
+                files[relpath] = [st.st_size, st.st_mtime_ns]
     return files
 
 
-def record(key, output_dir, extracted):
+def record(key, output_dir, extracted, since_ns):
     """The run.json entries that let a later identical run reuse the outputs.
 
-    Call after every output but run.json and metrics.json is written.
+    Call after every output but run.json is written.
+
+    Args:
+      key: The run's `run_key`.
+      output_dir: The run's output folder.
+      extracted: The run's `tlfast.extraction.Extracted`.
+      since_ns: `time.time_ns()` at the start of the run (less a margin for
+        file systems with coarse modification times).
     """
     return {"run_key": key,
-            "outputs": output_files(output_dir),
-            "feature_shards": {digest: [list(s) for s in stat.shards]
-                               for digest, stat in zip(extracted.digests,
-                                                       extracted.stats)}}
+            "outputs": output_files(output_dir, since_ns),
+            "feature_shards": {digest: [list(s) for s in stats.shards]
+                               for digest, stats in zip(extracted.digests,
+                                                        extracted.stats)}}
 
 
 def _read_json(path):
@@ -162,24 +185,31 @@ def _read_json(path):
 
 def _stale(key, config, run, metrics):
     """Why the outputs in `config.output_dir` cannot be kept, or None."""
-    if run is None or metrics is None:
+    if not isinstance(run, dict) or not isinstance(metrics, dict):
         return "no finished run there"
     if run.get("run_key") != key:
         return ("the data, settings, weights or versions differ from its "
                 "last run")
-    for relpath, stat in run.get("outputs", {}).items():
+    if metrics.get("run_key") != key:
+        return "metrics.json is not that run's"
+    outputs = run.get("outputs")
+    if not isinstance(outputs, dict) or "model.keras" not in outputs:
+        return "model.keras was not recorded"
+    for relpath, recorded in outputs.items():
         try:
             st = os.stat(os.path.join(config.output_dir, relpath))
         except OSError:
             return f"{relpath} is missing"
-        if [st.st_size, st.st_mtime_ns] != stat:
+        if [st.st_size, st.st_mtime_ns] != recorded:
             return f"{relpath} changed since it was written"
-    if not run.get("outputs") or "model.keras" not in run["outputs"]:
-        return "model.keras is missing"
-    if any("error" in result for result in (metrics.get("exports") or {}).values()):
+    exports = metrics.get("exports") or {}
+    if any(not isinstance(r, dict) or "error" in r for r in exports.values()):
         return "an export failed in its last run"
+    feature_shards = run.get("feature_shards")
+    if not isinstance(feature_shards, dict) or not feature_shards:
+        return "its cached features were not recorded"
     cache_dir = os.path.expanduser(config.cache_dir)
-    for digest, shards in run.get("feature_shards", {}).items():
+    for digest, shards in feature_shards.items():
         folder = features_lib.feature_folder(cache_dir, digest)
         for name, size, mtime_ns in shards:
             try:
@@ -189,6 +219,22 @@ def _stale(key, config, run, metrics):
             if [st.st_size, st.st_mtime_ns] != [size, mtime_ns]:
                 return f"its cached features in {folder} changed"
     return None
+
+
+def _reused_metrics(metrics, config):
+    """The earlier run's metrics, as this run that trained nothing reports them."""
+    features = (int(metrics["num_train"]) * (config.augment_views + 1)
+                + int(metrics["num_val"]))
+    return {
+        **metrics,
+        "trained_timings_s": metrics.get("trained_timings_s",
+                                         metrics.get("timings_s")),
+        "feature_cache": "hit",
+        "backbone_images_forwarded": 0,
+        "features_cached": features,
+        "scan_cached": 0,
+        "outputs_reused": True,
+    }
 
 
 def reuse_outputs(key, config, timings, start):
@@ -207,7 +253,15 @@ def reuse_outputs(key, config, timings, start):
     out = config.output_dir
     run = _read_json(os.path.join(out, "run.json"))
     metrics = _read_json(os.path.join(out, "metrics.json"))
-    why = _stale(key, config, run, metrics)
+    try:
+        why = _stale(key, config, run, metrics)
+        if not why:
+            updated = _reused_metrics(metrics, config)
+            skipped = [sources.Skipped(s["path"], s["reason"])
+                       for s in metrics.get("skipped", [])]
+    except (TypeError, ValueError, KeyError, AttributeError) as e:
+        # Edited or foreign files: never a reason to fail, only to train.
+        why = f"its run.json or metrics.json is not as tlfast wrote it ({e!r})"
     if why:
         if run is not None:
             log.info("Training anew in %s: %s.", out, why)
@@ -215,21 +269,11 @@ def reuse_outputs(key, config, timings, start):
     log.info("%s holds the outputs of an identical run (same data, settings, "
              "weights and versions; every file unchanged, every feature "
              "cached): kept. Pass --noreuse_outputs to train again.", out)
-    prepare.log_skipped([sources.Skipped(s["path"], s["reason"])
-                         for s in metrics.get("skipped", [])])
+    prepare.log_skipped(skipped)
+    metrics = updated
     timings["reuse_check"] = timings["total"] = round(
         time.perf_counter() - start, 3)
-    metrics.update({
-        "timings_s": timings,
-        "trained_timings_s": metrics.get("trained_timings_s",
-                                         metrics.get("timings_s")),
-        "feature_cache": "hit",
-        "backbone_images_forwarded": 0,
-        "features_cached": (metrics["num_train"] * (config.augment_views + 1)
-                            + metrics["num_val"]),
-        "scan_cached": 0,
-        "outputs_reused": True,
-    })
+    metrics["timings_s"] = timings
     run_outputs.write_json(os.path.join(out, "metrics.json"), metrics)
     log.info("val_accuracy=%.4f  feature_cache=hit  forwarded=0  total=%.1fs "
              "(outputs reused)", metrics["val_accuracy"], timings["total"])

@@ -22,6 +22,7 @@ from tlfast import backbones
 from tlfast import distribute
 from tlfast import extraction
 from tlfast import head as head_lib
+from tlfast import locks
 from tlfast import model as model_lib
 from tlfast import reuse
 from tlfast import run_data
@@ -34,6 +35,7 @@ from tlfast.progress import Phase
 
 log = logging.getLogger("tlfast")
 DEFAULT_CACHE_DIR = os.path.join("~", ".cache", "tlfast")
+RUN_LOCK = ".tlfast-run.lock"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -318,13 +320,25 @@ def _scaled(config, replicas):
 
 def _run_training(config, replicas, strategy=None):
     start = time.perf_counter()
-    timings = {}
     spec, size, canonical = check_config(config)
-    key = reuse.run_key(config, spec, size, canonical)
-    if key is not None:
-        reused = reuse.reuse_outputs(key, config, timings, start)
-        if reused is not None:
-            return reused
+    # One run at a time per output folder: two would mix their files, and
+    # run.json would vouch for files another run wrote.
+    with locks.exclusive(os.path.join(config.output_dir, RUN_LOCK),
+                         f"Waiting for the other run writing to "
+                         f"{config.output_dir} to finish."):
+        key = reuse.run_key(config, spec, size, canonical)
+        if key is not None and config.reuse_outputs:
+            reused = reuse.reuse_outputs(key, config, {}, start)
+            if reused is not None:
+                return reused
+        return _train(config, replicas, strategy, start, spec, size, canonical,
+                      key)
+
+
+def _train(config, replicas, strategy, start, spec, size, canonical, key):
+    # Files this run writes are newer than this (less a coarse-clock margin).
+    since_ns = time.time_ns() - 2 * 10**9
+    timings = {}
     # Built first: a random initialisation then depends only on the seed,
     # not on how much randomness loading the data happened to use.
     with Phase("backbone", timings=timings):
@@ -394,6 +408,7 @@ def _run_training(config, replicas, strategy=None):
         "image_size": size,
         "prepared_tfds": data.prepared_tfds,
         "outputs_reused": False,
+        "run_key": key,
         **report,
     }
     run_outputs.write_json(os.path.join(config.output_dir, "metrics.json"), metrics)
@@ -414,7 +429,7 @@ def _run_training(config, replicas, strategy=None):
                   "tfds_splits": data.tfds_splits},
         "cache_keys": {"features": extracted.digests},
         **({} if key is None else
-           reuse.record(key, config.output_dir, extracted)),
+           reuse.record(key, config.output_dir, extracted, since_ns)),
     })
     log.info("val_accuracy=%.4f  feature_cache=%s  forwarded=%d  total=%.1fs",
              val_accuracy, cache_status, forwarded, timings["total"])
