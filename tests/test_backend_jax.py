@@ -113,3 +113,16 @@ def test_benchmark_model_modes(tmp_path, jax_env):
     rows = [json.loads(line) for line in rows.read_text().splitlines()]
     assert [r["mode"] for r in rows] == ["forward", "extract", "finetune"]
     assert all(r["backend"] == "jax" and r["images_per_sec"] > 0 for r in rows)
+
+
+def test_int8_export_is_refused_before_training(tmp_path, jax_env):
+    data = make_folder(tmp_path / "data", {"ants": 3, "bees": 3})
+    result = subprocess.run(
+        [sys.executable, "-m", "tlfast.train", f"--data_dir={data}",
+         f"--output_dir={tmp_path / 'out'}", f"--cache_dir={tmp_path / 'cache'}",
+         "--backbone=mobilenet_025", "--weights=none", "--image_size=32",
+         "--export=tflite,tflite_int8"],
+        cwd=REPO, env=jax_env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "tflite_int8 needs Keras' TensorFlow backend" in result.stderr
+    assert not (tmp_path / "out" / "model.keras").exists()

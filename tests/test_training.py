@@ -313,3 +313,21 @@ def test_data_dir_is_read_through_the_builder_by_default(tiny_config):
     changed = _run(config)
     assert changed["prepared_tfds"]["reused"] is False
     assert changed["backbone_images_forwarded"] == 1
+
+
+def test_run_json_describes_the_saved_model_even_if_the_end_fails(
+        tiny_config, monkeypatch):
+    from tlfast import run_outputs
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("exports crashed")
+
+    monkeypatch.setattr(run_outputs, "finish_run", fail)
+    with pytest.raises(RuntimeError, match="exports crashed"):
+        _run(dataclasses.replace(tiny_config, resize="pad"))
+    out = tiny_config.output_dir
+    assert os.path.isfile(os.path.join(out, "model.keras"))
+    run = json.load(open(os.path.join(out, "run.json")))
+    assert run["config"]["resize"] == "pad"  # What predict reads.
+    assert "run_key" not in run  # Not complete: never reused.
+    assert not os.path.exists(os.path.join(out, "metrics.json"))

@@ -102,12 +102,10 @@ def main(argv):
         print(f"tlfast-export: error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(report, indent=1, sort_keys=True))
-    failed = [f for f, info in report.items() if "error" in info]
-    if failed:
-        print(f"tlfast-export: error: export failed for {failed} (see above)",
-              file=sys.stderr)
-        return 1
-    return 0
+    lines = export.problems(report)
+    for line in lines:
+        print(f"tlfast-export: error: {line}", file=sys.stderr)
+    return 1 if lines else 0
 
 
 def run():

@@ -135,12 +135,12 @@ def main(argv):
         return 2
     print(f"val_accuracy={metrics['val_accuracy']:.4f} "
           f"output_dir={os.path.abspath(config.output_dir)}")
-    failed = {fmt: result["error"] for fmt, result in
-              (metrics.get("exports") or {}).items() if "error" in result}
-    for fmt, error in failed.items():
-        print(f"tlfast-train: error: export {fmt} failed: {error}",
-              file=sys.stderr)
-    return 1 if failed else 0
+    from tlfast import export
+
+    lines = export.problems(metrics.get("exports") or {})
+    for line in lines:
+        print(f"tlfast-train: error: {line}", file=sys.stderr)
+    return 1 if lines else 0
 
 
 def run():

@@ -189,6 +189,14 @@ def check_config(config):
                 "calibration images; with a TFDS dataset, export tflite (float) "
                 "instead. "
                 f"Received: tfds_name={config.tfds_name!r}")
+        if fmt == "tflite_int8" and keras.backend.backend() != "tensorflow":
+            # Refused by the export too, but only after all the training.
+            raise ValueError(
+                "export=tflite_int8 needs Keras' TensorFlow backend: train "
+                "with KERAS_BACKEND=tensorflow, or export tflite (float) now "
+                "and tflite_int8 later with `KERAS_BACKEND=tensorflow "
+                "tlfast-export`. Received: "
+                f"backend={keras.backend.backend()!r}")
     for path in (config.output_dir, os.path.expanduser(config.cache_dir)):
         _check_writable(path)
     return spec, size, augment_lib.canonical_spec(config.augment)
@@ -389,6 +397,13 @@ def _train(config, replicas, strategy, start, spec, size, canonical, key):
         run_outputs.write_text(os.path.join(config.output_dir, "labels.txt"),
                     "\n".join(data.class_names) + "\n")
         run_outputs.write_history(os.path.join(config.output_dir, "history.csv"), stages)
+        # Written now, beside the model it describes (predict reads its
+        # resize mode): evaluation and exports can take long, or fail. The
+        # final run.json adds what lets an identical run reuse the outputs.
+        run_info = _run_info(config, spec, size, canonical, replicas,
+                             strategy, data, extracted)
+        run_outputs.write_json(os.path.join(config.output_dir, "run.json"),
+                               run_info)
     if config.fine_tune_epochs:
         val_probs = None  # The backbone changed: evaluate from pixels.
     report = run_outputs.finish_run(classifier, data, size, config, timings, val_probs)
@@ -413,6 +428,19 @@ def _train(config, replicas, strategy, start, spec, size, canonical, key):
     }
     run_outputs.write_json(os.path.join(config.output_dir, "metrics.json"), metrics)
     run_outputs.write_json(os.path.join(config.output_dir, "run.json"), {
+        **run_info,
+        **({} if key is None else
+           reuse.record(key, config.output_dir, extracted, since_ns)),
+    })
+    log.info("val_accuracy=%.4f  feature_cache=%s  forwarded=%d  total=%.1fs",
+             val_accuracy, cache_status, forwarded, timings["total"])
+    return metrics
+
+
+def _run_info(config, spec, size, canonical, replicas, strategy, data,
+              extracted):
+    """run.json's description of the run: settings, versions, split, keys."""
+    return {
         "config": dataclasses.asdict(config),
         "resolved": {"backbone": spec.name, "image_size": size,
                      "augment": canonical,
@@ -428,9 +456,4 @@ def _train(config, replicas, strategy, start, spec, size, canonical, key):
                   "validation_split": config.validation_split,
                   "tfds_splits": data.tfds_splits},
         "cache_keys": {"features": extracted.digests},
-        **({} if key is None else
-           reuse.record(key, config.output_dir, extracted, since_ns)),
-    })
-    log.info("val_accuracy=%.4f  feature_cache=%s  forwarded=%d  total=%.1fs",
-             val_accuracy, cache_status, forwarded, timings["total"])
-    return metrics
+    }
