@@ -154,10 +154,37 @@ def test_cli_writes_metrics_and_plot(setup, tmp_path):
                if l.startswith("skipped:"))
 
 
-def test_a_runs_own_metrics_are_kept(setup, tmp_path):
+def test_a_runs_own_reports_are_kept(setup, tmp_path):
+    run, data_dir = setup
+    assert evaluate.report_dir_for(run.run_dir, "validation") == os.path.join(
+        run.run_dir, "eval_validation")
+    assert evaluate.report_dir_for(str(tmp_path), "all") == str(tmp_path)
+    own = {name: os.stat(os.path.join(run.run_dir, name)).st_mtime_ns
+           for name in ("metrics.json", "evaluation.json", "predictions.csv")}
+    result = cli("tlfast.evaluate_main", f"--model={run.run_dir}",
+                 f"--data_dir={data_dir}", f"--output_dir={run.run_dir}",
+                 "--split=all")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(open(os.path.join(run.run_dir, "eval_all",
+                                          "metrics.json")).read())
+    assert report["split"] == "all" and report["num_examples"] == 27
+    assert own == {name: os.stat(os.path.join(run.run_dir, name)).st_mtime_ns
+                   for name in own}
+
+
+def test_hash_split_is_made_after_the_scan_as_in_training(setup, tmp_path):
     run, _ = setup
-    assert evaluate.metrics_file_for(run.run_dir) == "evaluation.json"
-    assert evaluate.metrics_file_for(str(tmp_path)) == "metrics.json"
+    flat = make_folder(tmp_path / "flat", {c: 3 for c in CLASSES})
+    # A bad file decides how many of its class are usable: split after the
+    # scan, as training does, or the sides differ.
+    (flat / CLASSES[0] / "img_000.jpg").write_bytes(b"not an image")
+    prepared = prepare.prepare_folder(flat, validation_split=0.34, seed=0)
+    for side in ("train", "validation"):
+        entries, skipped, _ = evaluate.load_eval_entries(
+            flat, run.class_names, split=side, validation_split=0.34, seed=0)
+        assert [e.path for e in entries] == [
+            e.path for e in getattr(prepared, side)]
+        assert [s.path for s in skipped] == [str(flat / CLASSES[0] / "img_000.jpg")]
 
 
 def test_cli_wrong_classes_is_one_clear_line(setup, tmp_path):
@@ -196,3 +223,24 @@ def test_hymenoptera_evaluate_and_predict_reproduce_the_run(tmp_path):
     evaluated = {r["path"]: r["predicted"] for r in csv.DictReader(
         open(tmp_path / "eval" / "predictions.csv"))}
     assert {os.path.abspath(r["path"]): r["label_1"] for r in rows} == evaluated
+
+
+def test_auto_on_the_runs_own_flat_folder_means_its_validation_images(
+        setup, tmp_path):
+    import shutil
+
+    run, _ = setup
+    flat = make_folder(tmp_path / "flat", {c: 5 for c in CLASSES})
+    run_dir = tmp_path / "run"
+    shutil.copytree(run.run_dir, run_dir)
+    info = json.loads((run_dir / "run.json").read_text())
+    info["config"].update(data_dir=str(flat), validation_split=0.4, seed=3)
+    (run_dir / "run.json").write_text(json.dumps(info))
+    out = tmp_path / "eval"
+    result = cli("tlfast.evaluate_main", f"--model={run_dir}",
+                 f"--data_dir={flat}/", f"--output_dir={out}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((out / "metrics.json").read_text())
+    prepared = prepare.prepare_folder(flat, validation_split=0.4, seed=3)
+    assert report["split"] == "validation"
+    assert report["num_examples"] == len(prepared.validation) < 15

@@ -174,6 +174,20 @@ def test_write_predictions_csv(tmp_path):
     assert path.read_text().splitlines() == [
         "path,label_1,prob_1,label_2,prob_2", "a.jpg,x,0.750000,y,0.250000"]
 
+    class Interrupted(Exception):
+        pass
+
+    def rows_then_interrupt():
+        yield rows[0]
+        raise Interrupted()
+
+    # An interrupted write keeps the previous file whole and leaves no
+    # temporary file behind.
+    with pytest.raises(Interrupted):
+        predict.write_predictions_csv(path, rows_then_interrupt(), 2)
+    assert path.read_text().splitlines()[1] == "a.jpg,x,0.750000,y,0.250000"
+    assert os.listdir(path.parent) == ["p.csv"]
+
 
 def test_cli_predicts_a_folder_and_reports_junk(run, images_dir, tmp_path):
     output = tmp_path / "preds.csv"

@@ -20,10 +20,10 @@ import os
 import numpy as np
 
 from tlfast import plots
+from tlfast import prepare
 from tlfast import predict as predict_lib
 from tlfast.data import scan as scan_lib
 from tlfast.data import sources
-from tlfast.data import split as split_lib
 from tlfast.data.scan import write_json_atomic
 
 log = logging.getLogger("tlfast")
@@ -55,8 +55,12 @@ def check_class_names(found, expected, where):
             f"model's are {list(expected)} (labels.txt). Received: {list(found)}")
 
 
-def _choose(folder, split, validation_split, seed):
-    """The entries of one split of a listed folder, and the split's name."""
+def _choose(folder, split):
+    """The entries of one split of a listed folder, and the split's name.
+
+    Entries are None for a split that training made by hash (no validation
+    folder): it is re-created from the scanned files.
+    """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}. Received: split={split!r}")
     if split == "auto":
@@ -72,12 +76,12 @@ def _choose(folder, split, validation_split, seed):
                 f"'{folder.root}' has no '{split}' split. Available: "
                 f"{sorted(folder.splits)} (or 'all'). Received: split={split!r}")
         return list(folder.splits[split]), split
-    source = folder.splits["train" if folder.presplit else "all"]
-    return split_lib.split_entries(source, validation_split, seed)[split], split
+    return None, split  # Re-created from the usable files: see the caller.
 
 
 def load_eval_entries(data_dir, class_names, *, split="auto", validation_split=0.2,
-                      seed=0, cache_dir=None, skip_placeholders=True):
+                      seed=0, cache_dir=None, skip_placeholders=True,
+                      max_pixels=scan_lib.DEFAULT_MAX_PIXELS):
     """Lists and scans the images of one split of a folder, as training does.
 
     Args:
@@ -92,10 +96,13 @@ def load_eval_entries(data_dir, class_names, *, split="auto", validation_split=0
       seed: The run's split seed.
       cache_dir: Scan-verdict cache (training's `cache_dir`); None: no cache.
       skip_placeholders: Skip "image not found" graphics, as training does.
+      max_pixels: Skip larger images, as training does (the run's setting).
 
     Returns:
       (entries, skipped, split): usable `FileEntry`s, `Skipped` files of the
-      chosen split, and the split's resolved name.
+      chosen split (of the whole folder for a re-created hash split: bad
+      files are left out before the split, so they belong to neither side),
+      and the split's resolved name.
 
     Raises:
       FileNotFoundError: No such folder.
@@ -104,14 +111,23 @@ def load_eval_entries(data_dir, class_names, *, split="auto", validation_split=0
     """
     folder = sources.list_image_folder(data_dir)
     check_class_names(folder.class_names, class_names, folder.root)
-    entries, split = _choose(folder, split, validation_split, seed)
+    entries, split = _choose(folder, split)
+    if entries is None:
+        # Training scans first and splits the usable files (a class's
+        # held-out share depends on how many are usable): so must this.
+        data = prepare.prepare_folder(
+            data_dir, validation_split=validation_split, seed=seed,
+            cache_dir=cache_dir, max_pixels=max_pixels,
+            skip_placeholders=skip_placeholders)
+        return list(getattr(data, split)), list(data.skipped), split
     # Listing-time skips (bad extensions) of the chosen split only: those
     # under the same split folder as its files.
     tops = {e.relpath.split("/")[0] for e in entries} if folder.presplit else None
     listed_skips = [s for s in folder.skipped if tops is None or
                     os.path.relpath(s.path, folder.root).split(os.sep)[0] in tops]
     result = scan_lib.scan_files(entries, root=folder.root, cache_dir=cache_dir,
-                                 skip_placeholders=skip_placeholders)
+                                 skip_placeholders=skip_placeholders,
+                                 max_pixels=max_pixels)
     skipped = listed_skips + list(result.skipped)
     if not result.usable:
         raise ValueError(
@@ -122,11 +138,16 @@ def load_eval_entries(data_dir, class_names, *, split="auto", validation_split=0
     return list(result.usable), skipped, split
 
 
-def metrics_file_for(output_dir):
-    """"evaluation.json" in a training run's folder (keeping its own
-    metrics.json), else "metrics.json"."""
-    is_run = os.path.isfile(os.path.join(output_dir, "run.json"))
-    return "evaluation.json" if is_run else "metrics.json"
+def report_dir_for(output_dir, split):
+    """Where an evaluation of `split` writes its files.
+
+    A training run's folder (it has run.json) already holds the run's own
+    evaluation.json, predictions.csv and confusion_matrix.png: the report
+    goes into its `eval_<split>/` sub-folder instead of replacing them.
+    """
+    if os.path.isfile(os.path.join(output_dir, "run.json")):
+        return os.path.join(output_dir, f"eval_{split}")
+    return output_dir
 
 
 def _safe_div(a, b):

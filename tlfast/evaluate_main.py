@@ -6,8 +6,11 @@ r"""tlfast-evaluate: evaluate a trained model on a labelled image folder.
 Writes metrics.json (accuracy, top-k accuracy, per-class precision / recall /
 F1, confusion matrix, most confidently misclassified files, skipped files),
 confusion_matrix.png and predictions.csv into --output_dir. When
---output_dir is a training run's folder (it has run.json), the report is
-named evaluation.json instead, so the run's own metrics.json is kept.
+--output_dir is a training run's folder (it has run.json), they go into its
+eval_<split>/ sub-folder, so the run's own reports are kept.
+
+On the folder the model was trained on (run.json's data_dir), --split=auto
+means the run's validation images: "all" would mix in the training images.
 """
 
 import os
@@ -26,9 +29,10 @@ flags.DEFINE_string("data_dir", None, "Folder of class sub-folders, or with "
                     "train/ and val/ (validation/, test/) sub-folders of them.")
 flags.DEFINE_string("output_dir", None, "Where the report and plots go.")
 flags.DEFINE_enum("split", "auto", ["auto", "validation", "train", "test", "all"],
-                  "Which images: auto = the validation folder of a pre-split "
-                  "folder, else all images. Without a validation folder, "
-                  "train/validation re-create the run's own split.")
+                  "Which images: auto = the run's validation images on the "
+                  "folder it trained on, the validation folder of another "
+                  "pre-split folder, else all images. Without a validation "
+                  "folder, train/validation re-create the run's own split.")
 flags.DEFINE_integer("batch_size", 32, "Images per forward pass.")
 flags.DEFINE_integer("top_k", 5, "k of the top-k accuracy (capped at the "
                      "number of classes).")
@@ -44,6 +48,7 @@ def main(argv):
     progress.configure_script_logging()
     from tlfast import evaluate
     from tlfast import predict
+    from tlfast.data.scan import DEFAULT_MAX_PIXELS
 
     try:
         if FLAGS.batch_size < 1:
@@ -51,18 +56,24 @@ def main(argv):
                              f"batch_size={FLAGS.batch_size}")
         run = predict.load_model_run(FLAGS.model)
         config = run.run.get("config", {})
+        split = FLAGS.split
+        trained_on = config.get("data_dir")
+        if (split == "auto" and trained_on and os.path.isdir(FLAGS.data_dir)
+                and os.path.samefile(FLAGS.data_dir, trained_on)):
+            split = "validation"
         entries, skipped, split = evaluate.load_eval_entries(
-            FLAGS.data_dir, run.class_names, split=FLAGS.split,
+            FLAGS.data_dir, run.class_names, split=split,
             validation_split=config.get("validation_split", 0.2),
             seed=config.get("seed", 0),
             cache_dir=os.path.expanduser(FLAGS.cache_dir),
             # Judge the same images the run trained and validated on.
-            skip_placeholders=config.get("skip_placeholders", True))
+            skip_placeholders=config.get("skip_placeholders", True),
+            max_pixels=config.get("max_pixels", DEFAULT_MAX_PIXELS))
         report = evaluate.evaluate_model(
-            run.model, entries, run.class_names, FLAGS.output_dir,
+            run.model, entries, run.class_names,
+            evaluate.report_dir_for(FLAGS.output_dir, split),
             batch_size=FLAGS.batch_size, top_k=FLAGS.top_k, worst=FLAGS.worst,
-            resize=run.resize, skipped=skipped,
-            metrics_file=evaluate.metrics_file_for(FLAGS.output_dir),
+            resize=run.resize, skipped=skipped, metrics_file="metrics.json",
             extra={"split": split, "data_dir": os.path.abspath(FLAGS.data_dir),
                    "model": os.path.abspath(FLAGS.model)})
     except (ValueError, OSError, RuntimeError) as e:

@@ -11,6 +11,7 @@ reason, never as a row, so a predictions CSV holds only real predictions.
                                    run.class_names, resize=run.resize)
 """
 
+import contextlib
 import csv
 import dataclasses
 import glob
@@ -23,6 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 # Registers tlfast's custom layers, which `load_model` needs.
+from tlfast import atomic
 from tlfast import backbones  # noqa: F401
 from tlfast.data import augment  # noqa: F401
 from tlfast.data import pipeline
@@ -323,9 +325,18 @@ def write_predictions_csv(path, rows, top_k):
                          for kind in ("label", "prob")]
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fields, extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({key: f"{value:.6f}" if key.startswith("prob_")
-                             else value for key, value in row.items()})
+    # Written beside, then renamed: an interrupted write never leaves a
+    # truncated file (or a truncated copy of the previous one).
+    fd, tmp = atomic.mkstemp(directory)
+    try:
+        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fields, extrasaction="ignore")
+            writer.writeheader()
+            for row in rows:
+                writer.writerow({key: f"{value:.6f}" if key.startswith("prob_")
+                                 else value for key, value in row.items()})
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
