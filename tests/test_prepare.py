@@ -52,3 +52,12 @@ def test_no_validation_images_is_an_error(tmp_path):
     make_folder(tmp_path, {"a": 1, "b": 1})
     with pytest.raises(ValueError, match="no usable validation images|1 class"):
         prepare.prepare_folder(tmp_path, validation_split=0.01)
+
+
+def test_a_validation_folder_of_only_bad_files_is_an_error(split_folder):
+    for path in (split_folder / "val").rglob("*.jpg"):
+        path.write_bytes(b"")
+    with pytest.raises(ValueError, match=r"None of the 5 image\(s\) in the "
+                       r"validation folder '.*val' is usable\. e\.g\. "
+                       r"'.*\.jpg': empty file"):
+        prepare.prepare_folder(split_folder)

@@ -52,6 +52,59 @@ def test_colour_modes_are_usable(tmp_path, mode, fmt):
     assert info["height"] == 24 and info["width"] == 32
 
 
+@pytest.mark.parametrize("lossless", [True, False])
+def test_webp_with_alpha_decodes_to_its_rgb(tmp_path, lossless):
+    import tensorflow as tf
+    from PIL import Image
+
+    from tlfast.data import pipeline
+
+    rgba = np.concatenate([noise_image(), np.full((24, 32, 1), 128, np.uint8)],
+                          axis=-1)
+    path = tmp_path / "alpha.webp"
+    Image.fromarray(rgba, "RGBA").save(path, "WEBP", lossless=lossless)
+    reason, info = scan.check_image(str(path))
+    assert reason is None and (info["height"], info["width"]) == (24, 32)
+    expected = np.asarray(Image.open(path).convert("RGBA"))[..., :3]
+    data = path.read_bytes()
+    eager = pipeline.decode_image(tf.constant(data), 24, "crop").numpy()
+    np.testing.assert_array_equal(eager, expected[:, 4:28])
+    in_data = next(iter(tf.data.Dataset.from_tensors(data).map(
+        pipeline.decode_rgb))).numpy()
+    np.testing.assert_array_equal(in_data, expected)
+
+
+def test_animated_webp_is_skipped_with_its_reason(tmp_path):
+    from PIL import Image
+
+    frames = [Image.fromarray(noise_image(seed=i)) for i in range(2)]
+    path = tmp_path / "anim.webp"
+    frames[0].save(path, "WEBP", save_all=True, append_images=frames[1:])
+    reason, _ = scan.check_image(str(path))
+    assert reason.startswith("animated WebP")
+
+
+@pytest.mark.parametrize("mode, usable", [("L", True), ("P", False),
+                                          ("1", False)])
+def test_bmp_palettes_tf_would_misread_are_skipped(tmp_path, mode, usable):
+    import tensorflow as tf
+    from PIL import Image
+
+    from tlfast.data import pipeline
+
+    pil = _pil_image(noise_image(), "RGB").convert(mode)
+    path = tmp_path / "x.bmp"
+    pil.save(path, "BMP")
+    reason, _ = scan.check_image(str(path))
+    if usable:  # Grey levels are what TF reads: right.
+        assert reason is None
+        decoded = pipeline.decode_rgb(tf.constant(path.read_bytes())).numpy()
+        np.testing.assert_array_equal(decoded,
+                                      np.asarray(pil.convert("RGB")))
+    else:
+        assert "BMP" in reason and "convert it to PNG" in reason
+
+
 def test_animated_gif_is_usable(tmp_path):
     from PIL import Image
 

@@ -331,3 +331,19 @@ def test_run_json_describes_the_saved_model_even_if_the_end_fails(
     assert run["config"]["resize"] == "pad"  # What predict reads.
     assert "run_key" not in run  # Not complete: never reused.
     assert not os.path.exists(os.path.join(out, "metrics.json"))
+
+
+def test_fine_tuning_pixel_caches_share_one_ram_budget(tmp_path):
+    from tlfast.data import pipeline
+
+    config = pipeline.PipelineConfig(image_size=100, batch_size=8,
+                                     ram_budget_mb=10, cache_dir=str(tmp_path))
+    # 30,000 bytes an image: 300 training images take 8.6 of the 10 MiB.
+    train, val = training.split_ram_budget(config, 300, 100)
+    assert pipeline.choose_cache(300, train) == "memory"
+    assert pipeline.choose_cache(100, val) == "disk"  # 2.9 MiB, 1 left.
+    assert pipeline.choose_cache(100, config) == "memory"  # Alone it fits.
+    # Training images spilled to disk leave the whole budget to validation.
+    train, val = training.split_ram_budget(config, 1000, 100)
+    assert pipeline.choose_cache(1000, train) == "disk"
+    assert pipeline.choose_cache(100, val) == "memory"

@@ -85,6 +85,16 @@ def prepare_folder(data_dir, *, validation_split=0.2, seed=0, cache_dir=None,
     if folder.presplit:
         train = [e for e in train if e.path in usable]
         validation = [e for e in validation if e.path in usable]
+        if not validation and folder.splits.get("validation"):
+            listed = folder.splits["validation"]
+            where = os.path.join(folder.root, listed[0].relpath.split("/")[0])
+            bad = [s for s in result.skipped
+                   if s.path in {e.path for e in listed}]
+            example = f" e.g. '{bad[0].path}': {bad[0].reason}." if bad else ""
+            raise ValueError(
+                f"None of the {len(listed)} image(s) in the validation folder "
+                f"'{where}' is usable.{example} Fix or replace them, or "
+                "remove the folder to hold out part of train/ instead.")
         if not validation:
             # A train/ folder without val/: split train ourselves.
             parts = split_lib.split_entries(train, validation_split, seed)

@@ -249,6 +249,21 @@ def head_config(config):
         label_smoothing=config.label_smoothing, seed=config.seed)
 
 
+def split_ram_budget(pconfig, num_train, num_val):
+    """Pipeline configs for the train and validation pixel caches.
+
+    Both live at once: the training images take their share of the RAM
+    budget first, and validation gets what is left (else it goes to disk).
+
+    Returns:
+      (train PipelineConfig, validation PipelineConfig).
+    """
+    left = pconfig.ram_budget_mb
+    if pipeline.choose_cache(num_train, pconfig) == "memory":
+        left -= num_train * pconfig.image_bytes / 2**20
+    return pconfig, dataclasses.replace(pconfig, ram_budget_mb=max(0, int(left)))
+
+
 def fine_tune(classifier, backbone_model, spec, train, validation, size, config,
               timings, callbacks):
     """Trains the top blocks end to end on the uint8 pixel pipeline."""
@@ -262,8 +277,11 @@ def fine_tune(classifier, backbone_model, spec, train, validation, size, config,
         image_size=size, batch_size=config.batch_size, resize=config.resize,
         ram_budget_mb=config.ram_budget_mb,
         cache_dir=os.path.expanduser(config.cache_dir), seed=config.seed)
-    train_ds = pipeline.to_supervised(train.pixels(pconfig, training=True))
-    val_ds = pipeline.to_supervised(validation.pixels(pconfig, training=False))
+    train_config, val_config = split_ram_budget(pconfig, len(train),
+                                                len(validation))
+    train_ds = pipeline.to_supervised(train.pixels(train_config, training=True))
+    val_ds = pipeline.to_supervised(validation.pixels(val_config,
+                                                      training=False))
     with Phase("fine_tune", timings=timings):
         history = classifier.fit(
             train_ds, validation_data=val_ds, epochs=config.fine_tune_epochs,

@@ -99,6 +99,56 @@ def resize_image(image, image_size, mode="resize"):
     return tf.ensure_shape(image, (image_size, image_size, 3))
 
 
+def _byte(header, position):
+    """The byte at `position` of a (padded) header string, as int32."""
+    return tf.cast(tf.io.decode_raw(tf.strings.substr(header, position, 1),
+                                    tf.uint8)[0], tf.int32)
+
+
+def decode_rgb(data):
+    """Decodes JPEG/PNG/GIF/BMP/WebP bytes (format from the header) to RGB.
+
+    Grayscale, RGBA, CMYK and 16-bit images all become RGB uint8; an animated
+    GIF gives its first frame. Works eagerly, in `tf.function` and in
+    `tf.data`.
+
+    Args:
+      data: Scalar string tensor, the encoded file.
+
+    Returns:
+      uint8 tensor [H, W, 3].
+    """
+    # JPEG (most photos) straight to its decoder: the same kernel that
+    # decode_image would pick, without the format dispatch around it.
+    is_jpeg = tf.equal(tf.strings.substr(data, 0, 3), b"\xff\xd8\xff")
+    image = tf.cond(
+        is_jpeg,
+        lambda: tf.io.decode_jpeg(data, channels=3),
+        lambda: _decode_other(data))
+    image.set_shape((None, None, 3))
+    return image
+
+
+def _decode_other(data):
+    # Padded: substr past the end of a short (broken) file would raise.
+    header = tf.strings.join([tf.strings.substr(data, 0, 21), b"\0" * 21])
+    is_webp = tf.logical_and(
+        tf.equal(tf.strings.substr(header, 0, 4), b"RIFF"),
+        tf.equal(tf.strings.substr(header, 8, 4), b"WEBP"))
+    animated = tf.logical_and(
+        tf.equal(tf.strings.substr(header, 12, 4), b"VP8X"),
+        tf.not_equal(tf.bitwise.bitwise_and(_byte(header, 20), 2), 0))
+    # TF decodes a WebP only to its own channel count: RGBA when it has
+    # alpha (channels=3 fails on it). Not an animated one: decoding that
+    # natively can crash the process; channels=3 refuses it cleanly.
+    return tf.cond(
+        tf.logical_and(is_webp, tf.logical_not(animated)),
+        lambda: tf.io.decode_image(data, channels=0,
+                                   expand_animations=False)[..., :3],
+        lambda: tf.io.decode_image(data, channels=3, dtype=tf.uint8,
+                                   expand_animations=False))
+
+
 def decode_image(data, image_size, mode="resize"):
     """Decodes JPEG/PNG/GIF/BMP/WebP bytes (format from the header) to uint8.
 
@@ -113,15 +163,7 @@ def decode_image(data, image_size, mode="resize"):
     Returns:
       uint8 tensor [image_size, image_size, 3].
     """
-    # JPEG (most photos) straight to its decoder: the same kernel that
-    # decode_image would pick, without the format dispatch around it.
-    is_jpeg = tf.equal(tf.strings.substr(data, 0, 3), b"\xff\xd8\xff")
-    image = tf.cond(
-        is_jpeg,
-        lambda: tf.io.decode_jpeg(data, channels=3),
-        lambda: tf.io.decode_image(data, channels=3, dtype=tf.uint8,
-                                   expand_animations=False))
-    image.set_shape((None, None, 3))
+    image = decode_rgb(data)
     shape = tf.shape(image)
     # Already the target size (e.g. a folder resized beforehand): every mode
     # would return the image unchanged, so skip the float round trip.

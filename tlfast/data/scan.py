@@ -20,12 +20,15 @@ import numpy as np
 import tensorflow as tf
 
 from tlfast import atomic
+from tlfast.data import pipeline
 from tlfast.data.sources import Skipped
 
 # PIL's decompression-bomb limit: a forged header must not make us allocate
 # gigabytes before we notice.
 DEFAULT_MAX_PIXELS = 89_478_485
-SCAN_CACHE_VERSION = 1
+# 2: alpha WebP decoded (was "corrupt"); palette BMP and animated WebP
+# refused with their reasons (the first decoded wrongly).
+SCAN_CACHE_VERSION = 2
 # Below this a "photo" carries no usable content (tracking pixels, icons).
 MIN_SIDE = 8
 # How often a long scan saves its verdicts, so that a killed scan resumes.
@@ -105,6 +108,40 @@ def _webp_size(data):
     return None
 
 
+def _bmp_reason(data):
+    """Why TF would decode a BMP wrongly (palette images), or None."""
+    try:
+        header_size, = struct.unpack("<I", data[14:18])
+        if header_size < 40:  # OS/2 core header: left to the decoder.
+            return None
+        bits, = struct.unpack("<H", data[28:30])
+        if bits > 8:
+            return None
+        if bits < 8:
+            return (f"{bits}-bit BMP: TensorFlow cannot decode it (convert it "
+                    "to PNG)")
+        used = struct.unpack("<I", data[46:50])[0] or 256
+        start = 14 + header_size
+        palette = np.frombuffer(data[start:start + 4 * used], np.uint8)
+        palette = palette.reshape(-1, 4)[:, :3]
+    except (struct.error, ValueError):
+        return None  # Malformed: the decoder says how.
+    # TF reads the colour indices as grey levels: right only for a grey
+    # palette whose entry i is (i, i, i).
+    if np.array_equal(palette, np.repeat(np.arange(len(palette))[:, None], 3, 1)):
+        return None
+    return ("palette BMP (8-bit colour table): TensorFlow would read its "
+            "colour indices as grey levels (convert it to PNG)")
+
+
+def _webp_reason(data):
+    """Animated WebP, which TensorFlow does not decode, or None."""
+    if data[12:16] == b"VP8X" and len(data) > 20 and data[20] & 0x02:
+        return ("animated WebP: TensorFlow decodes only still WebP images "
+                "(convert it to GIF, or its first frame to PNG)")
+    return None
+
+
 def _header_size(fmt, data):
     """(height, width) from the header, or None when it does not say."""
     try:
@@ -176,13 +213,16 @@ def check_image(path, max_pixels=DEFAULT_MAX_PIXELS, skip_placeholders=True):
         return "not an image (unrecognised file header)", None
     if fmt not in ("jpeg", "png", "gif", "bmp", "webp"):
         return f"unsupported image format '{fmt}' (convert it to JPEG or PNG)", None
+    reason = (_bmp_reason(data) if fmt == "bmp" else
+              _webp_reason(data) if fmt == "webp" else None)
+    if reason:
+        return reason, None
     size = _header_size(fmt, data)
     if size is not None and size[0] * size[1] > max_pixels:
         return (f"image too large: {size[1]}x{size[0]} pixels exceeds the "
                 f"limit of {max_pixels} (decompression-bomb guard)"), None
     try:
-        image = tf.io.decode_image(
-            data, channels=3, dtype=tf.uint8, expand_animations=False)
+        image = pipeline.decode_rgb(data)  # As the pipeline will decode it.
     except (tf.errors.InvalidArgumentError, tf.errors.ResourceExhaustedError) as e:
         message = str(e.message if hasattr(e, "message") else e).split("[Op:")[0]
         # Drop TF's "{{function_node ...}}" prefix: it names the op, not the file.
