@@ -229,11 +229,13 @@ def test_cli_exports_with_the_runs_data(mobilenet, tmp_path):
     run = mobilenet[0]
     out = tmp_path / "exp"
     result = cli("tlfast.export_main", f"--model={run.run_dir}/model.keras",
-                 "--formats=tflite_int8", f"--output_dir={out}")
+                 "--formats=tflite_int8", f"--output_dir={out}",
+                 "--num_representative=7")
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout[result.stdout.index("{"):])
     # Calibrated on, and checked against, the run's own images (split.csv).
     assert report["tflite_int8"]["num_images"] == 9
+    assert report["tflite_int8"]["representative_images"] == 7
     assert report["tflite_int8"]["max_prob_diff"] < 0.1
     assert sorted(os.listdir(out)) == ["export.json", "labels.txt",
                                        "model_int8.tflite"]
@@ -326,6 +328,7 @@ def test_a_mixed_precision_model_exports_to_tflite(tmp_path, policy):
     report = export.export_model(model, ["tflite", "tflite_int8"], str(tmp_path),
                                  class_names=CLASSES, representative=images,
                                  validation=(images, np.zeros(8, int)))
+    assert report["tflite_int8"]["representative_images"] == 8
     for fmt in ("tflite", "tflite_int8"):
         assert "error" not in report[fmt], report[fmt]
         assert not report[fmt]["select_tf_ops"]
@@ -354,3 +357,12 @@ def test_problems_name_failed_exports_and_failed_parity():
     assert "m.tflite" in lines[0]
     assert lines[1] == "export tflite_int8 failed: converter crashed"
     assert export.problems({"keras": report["keras"]}) == []
+
+
+def test_representative_images_are_capped_where_asked(mobilenet, tmp_path):
+    run, _, (train, _), _ = mobilenet
+    assert len(train) > 12
+    report = export.export_model(run.model, ["tflite_int8"], str(tmp_path),
+                                 class_names=run.class_names,
+                                 representative=train, max_representative=12)
+    assert report["tflite_int8"]["representative_images"] == 12

@@ -128,3 +128,10 @@ def test_images_outside_class_folders_are_reported(tmp_path):
     write_image(split / "train" / "lost.png", fmt="PNG")
     assert [os.path.basename(s.path)
             for s in sources.list_image_folder(split).skipped] == ["lost.png"]
+
+
+def test_a_class_named_train_in_a_flat_folder_says_how_to_fix(tmp_path):
+    make_folder(tmp_path, {"train": 2, "boat": 2, "car": 2})
+    with pytest.raises(ValueError, match=r"read as split folders because it "
+                       r"has a 'train' folder.*rename that folder"):
+        sources.list_image_folder(tmp_path)

@@ -82,3 +82,13 @@ def test_read_split_saved_again_with_a_byte_order_mark(tmp_path):
     path.write_bytes("\ufeffsplit,label,class,relpath\r\ntrain,0,a,a/\u00e9.jpg\r\n"
                      .encode("utf-8"))
     assert split.read_split(path) == {"train": [("a/\u00e9.jpg", 0)]}
+
+
+def test_composed_and_decomposed_names_split_alike():
+    import unicodedata
+
+    names = [f"caf\u00e9/{i}_\u00e9t\u00e9.jpg" for i in range(200)]
+    composed = [split.hash_fraction(n) for n in names]
+    decomposed = [split.hash_fraction(unicodedata.normalize("NFD", n))
+                  for n in names]
+    assert composed == decomposed

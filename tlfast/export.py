@@ -368,6 +368,8 @@ def _export_one(fmt, model, path, saved_model_dir, representative, images,
         with open(path, "wb") as f:
             f.write(flatbuffer)
         info["select_tf_ops"] = select_ops
+        if fmt == "tflite_int8":
+            info["representative_images"] = len(representative)
         if images is not None:
             probs = run_tflite(path, images, batch_size)
     info["size_bytes"] = _size(path)
@@ -381,7 +383,8 @@ def _computes_below_float32(model):
 
 
 def export_model(model, formats, output_dir, *, class_names, representative=None,
-                 validation=None, batch_size=32):
+                 validation=None, batch_size=32,
+                 max_representative=NUM_REPRESENTATIVE):
     """Exports a model and checks every export against it.
 
     Args:
@@ -394,6 +397,8 @@ def export_model(model, formats, output_dir, *, class_names, representative=None
       validation: Images (with labels, for accuracies) for the parity
         checks: see `as_arrays`. None: no parity check.
       batch_size: Images per forward pass in the checks.
+      max_representative: At most this many of the representative images
+        (evenly spaced) calibrate "tflite_int8".
 
     Returns:
       {format: {"path", "size_bytes", and with validation "top1_agreement",
@@ -430,9 +435,9 @@ def export_model(model, formats, output_dir, *, class_names, representative=None
             "tflite_int8 needs representative images to calibrate the int8 "
             "ranges: pass representative= about 100 uint8 training images "
             "[N, S, S, 3] (tlfast-export reads them from the run's data).")
-    if rep_images is not None and len(rep_images) > NUM_REPRESENTATIVE:
+    if rep_images is not None and len(rep_images) > max_representative:
         rep_images = rep_images[np.linspace(0, len(rep_images) - 1,
-                                            NUM_REPRESENTATIVE).astype(int)]
+                                            max_representative).astype(int)]
     os.makedirs(output_dir, exist_ok=True)
     _write_labels(output_dir, class_names)
     reference = float_reference = serving = None

@@ -97,7 +97,8 @@ def main(argv):
         report = export.export_model(
             run.model, formats, FLAGS.output_dir, class_names=run.class_names,
             representative=None if representative is None else representative[0],
-            validation=validation, batch_size=FLAGS.batch_size)
+            validation=validation, batch_size=FLAGS.batch_size,
+            max_representative=FLAGS.num_representative)
     except (ValueError, OSError, RuntimeError) as e:
         print(f"tlfast-export: error: {e}", file=sys.stderr)
         return 2

@@ -175,7 +175,11 @@ def list_image_folder(root):
     else:
         train_dir = os.path.join(root, train_name)
         class_names = tuple(_class_dirs(train_dir))
-        _check_classes(train_dir, class_names)
+        _check_classes(train_dir, class_names, hint=(
+            f" '{root}' was read as split folders because it has a "
+            f"'{train_name}' folder; if '{train_name}' is one of the classes "
+            "of a flat dataset, rename that folder (e.g. to "
+            f"'{train_name}_class')."))
         split_dirs = {"train": train_name}
         for split, names in (("validation", VALIDATION_NAMES), ("test", TEST_NAMES)):
             found = _find_child(root, names)
@@ -211,12 +215,12 @@ def _report_loose_images(folder, skipped):
                 f"it into {os.path.basename(folder) or folder}/<class name>/"))
 
 
-def _check_classes(path, class_names):
+def _check_classes(path, class_names, hint=""):
     if len(class_names) < 2:
         raise ValueError(
                 f"Image classification needs at least 2 class sub-folders in '{path}', "
                 f"found {len(class_names)}: {list(class_names)}. Put each class's "
-                "images in a sub-folder named after the class.")
+                f"images in a sub-folder named after the class.{hint}")
 
 
 

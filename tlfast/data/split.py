@@ -11,12 +11,13 @@ trains, and a class of two or more always has one validation image.
 import csv
 import hashlib
 import os
+import unicodedata
 
 from tlfast import atomic
 
 # The assignment rule's version: prepared data records its split, so a change
 # of rule must change the preparation's fingerprint too.
-SPLIT_VERSION = 2
+SPLIT_VERSION = 3  # 3: names hashed in Unicode NFC.
 
 
 def hash_fraction(relpath, seed=0):
@@ -26,6 +27,9 @@ def hash_fraction(relpath, seed=0):
       relpath: The file's path relative to the dataset root.
       seed: Changes the whole assignment.
     """
+    # NFC: a folder zipped on macOS (decomposed accents) and unzipped
+    # elsewhere must split as the original did.
+    relpath = unicodedata.normalize("NFC", relpath)
     digest = hashlib.sha1(f"{seed}:{relpath}".encode("utf-8")).digest()
     return int.from_bytes(digest[:8], "big") / 2.0**64
 
