@@ -244,3 +244,19 @@ def test_auto_on_the_runs_own_flat_folder_means_its_validation_images(
     prepared = prepare.prepare_folder(flat, validation_split=0.4, seed=3)
     assert report["split"] == "validation"
     assert report["num_examples"] == len(prepared.validation) < 15
+
+
+def test_model_class_order_and_subsets_are_mapped_by_name(setup, tmp_path):
+    run, data_dir = setup
+    # A model trained on a TFDS dataset keeps that dataset's class order;
+    # a folder's is sorted.
+    order = tuple(reversed(run.class_names))
+    entries, _, _ = evaluate.load_eval_entries(data_dir, order, split="all")
+    for entry in entries:
+        assert order[entry.label] == entry.relpath.split("/")[1]
+    # A folder without one of the model's classes is still evaluated.
+    subset = make_folder(tmp_path / "subset", {c: 2 for c in CLASSES[1:]})
+    entries, _, _ = evaluate.load_eval_entries(subset, run.class_names)
+    assert sorted({run.class_names[e.label] for e in entries}) == list(CLASSES[1:])
+    report = evaluate.evaluate_model(run.model, entries, run.class_names, None)
+    assert report["num_examples"] == 4

@@ -14,6 +14,7 @@ Files written into `output_dir`:
 """
 
 import csv
+import dataclasses
 import logging
 import os
 
@@ -33,7 +34,11 @@ PREDICTIONS_CSV = "predictions.csv"
 
 
 def check_class_names(found, expected, where):
-    """Raises ValueError naming the classes that differ, if any.
+    """Raises ValueError when the data has classes the model does not.
+
+    The data may list the model's classes in another order (a model trained
+    on a TFDS dataset keeps its order; a folder's is sorted), or lack some:
+    `load_eval_entries` maps its labels onto the model's by name.
 
     Args:
       found: Class names of the data.
@@ -42,17 +47,25 @@ def check_class_names(found, expected, where):
     """
     missing = sorted(set(expected) - set(found))
     extra = sorted(set(found) - set(expected))
-    if missing or extra:
+    if extra:
         raise ValueError(
             f"The classes of '{where}' differ from the model's. Missing (the "
             f"model has them, the data does not): {missing}; extra (the data "
-            f"has them, the model does not): {extra}. Evaluate on data with "
-            f"exactly the model's classes {list(expected)}. Received: "
+            f"has them, the model does not): {extra}. Evaluate on data whose "
+            f"classes are among the model's {list(expected)}. Received: "
             f"{list(found)}")
-    if tuple(found) != tuple(expected):
-        raise ValueError(
-            f"The classes of '{where}' are ordered {list(found)} but the "
-            f"model's are {list(expected)} (labels.txt). Received: {list(found)}")
+    if missing:
+        log.warning("'%s' has no folder for the model's classes %s: their "
+                    "recall is not measured.", where, missing)
+
+
+def _relabel(entries, found, expected):
+    """Entries labelled by the model's class indices instead of the data's."""
+    if tuple(found) == tuple(expected):
+        return list(entries)
+    index = {name: i for i, name in enumerate(expected)}
+    return [dataclasses.replace(e, label=index[found[e.label]])
+            for e in entries]
 
 
 def _choose(folder, split):
@@ -87,7 +100,8 @@ def load_eval_entries(data_dir, class_names, *, split="auto", validation_split=0
     Args:
       data_dir: Folder of class sub-folders, or with train/ and val/
         (validation/, test/) sub-folders of them.
-      class_names: The model's classes; the folder must have exactly these.
+      class_names: The model's classes. The folder's must be among them, in
+        any order; the entries' labels index into `class_names`.
       split: "auto" (the validation folder of a pre-split folder, else
         everything), "validation", "train", "test" or "all". Without a
         validation folder, "train"/"validation" re-create the run's hash
@@ -106,8 +120,8 @@ def load_eval_entries(data_dir, class_names, *, split="auto", validation_split=0
 
     Raises:
       FileNotFoundError: No such folder.
-      ValueError: Fewer than two class folders, classes that differ from
-        `class_names`, an unknown split, or no usable image.
+      ValueError: Fewer than two class folders, classes that `class_names`
+        lacks, an unknown split, or no usable image.
     """
     folder = sources.list_image_folder(data_dir)
     check_class_names(folder.class_names, class_names, folder.root)
@@ -119,7 +133,8 @@ def load_eval_entries(data_dir, class_names, *, split="auto", validation_split=0
             data_dir, validation_split=validation_split, seed=seed,
             cache_dir=cache_dir, max_pixels=max_pixels,
             skip_placeholders=skip_placeholders)
-        return list(getattr(data, split)), list(data.skipped), split
+        return (_relabel(getattr(data, split), folder.class_names, class_names),
+                list(data.skipped), split)
     # Listing-time skips (bad extensions) of the chosen split only: those
     # under the same split folder as its files.
     tops = {e.relpath.split("/")[0] for e in entries} if folder.presplit else None
@@ -135,7 +150,8 @@ def load_eval_entries(data_dir, class_names, *, split="auto", validation_split=0
             f"'{folder.root}' ({len(entries)} listed, {len(skipped)} "
             "skipped). Pass a folder with images in class sub-folders, or "
             f"another --split. Received: data_dir={os.fspath(data_dir)!r}")
-    return list(result.usable), skipped, split
+    return (_relabel(result.usable, folder.class_names, class_names), skipped,
+            split)
 
 
 def report_dir_for(output_dir, split):
