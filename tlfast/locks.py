@@ -72,11 +72,13 @@ def release(path):
 
 
 @contextlib.contextmanager
-def exclusive(path, waiting_message):
+def exclusive(path, waiting_message, blocking=True):
     """Holds an exclusive flock on the lock file `path`, waiting for it.
 
-    Logs `waiting_message` when another process holds it. Proceeds unlocked
-    where the file cannot be opened or flock is missing (as `open_lock_file`).
+    Logs `waiting_message` when another process holds it and waits, or with
+    `blocking=False` yields False at once. Yields True when held, and also
+    where the file cannot be opened or flock is missing (read-only storage,
+    as `open_lock_file`; Windows): then there is nothing to protect.
     """
     try:
         import fcntl
@@ -88,9 +90,12 @@ def exclusive(path, waiting_message):
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
+                if not blocking:
+                    yield False
+                    return
                 log.info(waiting_message)
                 fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
+        yield True
     finally:
         if fd is not None:
             os.close(fd)

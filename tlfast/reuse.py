@@ -237,13 +237,12 @@ def _reused_metrics(metrics, config):
     }
 
 
-def reuse_outputs(key, config, timings, start):
+def reuse_outputs(key, config, start):
     """Keeps the outputs of an identical earlier run, if they are intact.
 
     Args:
       key: This run's `run_key` (not None).
       config: The run's `TrainConfig`.
-      timings: This run's phase timings so far (updated with "total").
       start: `time.perf_counter()` at the start of the run.
 
     Returns:
@@ -271,10 +270,9 @@ def reuse_outputs(key, config, timings, start):
              "cached): kept. Pass --noreuse_outputs to train again.", out)
     prepare.log_skipped(skipped)
     metrics = updated
-    timings["reuse_check"] = timings["total"] = round(
-        time.perf_counter() - start, 3)
-    metrics["timings_s"] = timings
+    seconds = round(time.perf_counter() - start, 3)
+    metrics["timings_s"] = {"reuse_check": seconds, "total": seconds}
     run_outputs.write_json(os.path.join(out, "metrics.json"), metrics)
     log.info("val_accuracy=%.4f  feature_cache=hit  forwarded=0  total=%.1fs "
-             "(outputs reused)", metrics["val_accuracy"], timings["total"])
+             "(outputs reused)", metrics["val_accuracy"], seconds)
     return metrics

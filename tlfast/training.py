@@ -354,7 +354,7 @@ def _run_training(config, replicas, strategy=None):
                          f"{config.output_dir} to finish."):
         key = reuse.run_key(config, spec, size, canonical)
         if key is not None and config.reuse_outputs:
-            reused = reuse.reuse_outputs(key, config, {}, start)
+            reused = reuse.reuse_outputs(key, config, start)
             if reused is not None:
                 return reused
         return _train(config, replicas, strategy, start, spec, size, canonical,

@@ -13,7 +13,6 @@ replaces, same settings but older content, is deleted). `prepared_examples` read
 interface of `tlfast.data.examples.TfdsExamples`.
 """
 
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -136,35 +135,6 @@ def folder_config(data_dir, *, validation_split=0.2, seed=0, cache_dir=None,
         strict=strict, progress=progress)
 
 
-@contextlib.contextmanager
-def _locked(path, blocking=True):
-    """Holds an exclusive lock file; yields False when not blocking and busy.
-
-    Two processes preparing the same folder take turns: the second one then
-    reuses what the first wrote. On read-only storage (nothing can be
-    prepared there, only reused) it yields True without a lock.
-    """
-    import fcntl  # POSIX only.
-
-    fd = locks.open_lock_file(path)
-    if fd is None:
-        yield True
-        return
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            if not blocking:
-                yield False
-                return
-            log.info("Waiting for another process preparing the same folder "
-                     "(lock %s)", path)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        yield True
-    finally:
-        os.close(fd)
-
-
 def _remove_replaced(dataset_dir, config):
     """Deletes older preparations of the same folder with the same settings.
 
@@ -188,8 +158,8 @@ def _remove_replaced(dataset_dir, config):
         # This process has moved on to the new preparation: its own shared
         # lock on the old one must not keep it.
         locks.release(path + ".use")
-        with _locked(path + ".lock", blocking=False) as preparing, \
-                _locked(path + ".use", blocking=False) as unused:
+        with locks.exclusive(path + ".lock", "", blocking=False) as preparing, \
+                locks.exclusive(path + ".use", "", blocking=False) as unused:
             if not (preparing and unused):
                 # Another process is reading or (re)preparing it; a later
                 # run removes it.
@@ -283,7 +253,10 @@ def prepare_image_folder(data_dir, *, data_root, validation_split=0.2, seed=0,
             f"Cannot create the prepared-data folder '{dataset_dir}': {e}. Pass "
             "a writable data_root (--tfds_data_dir or --cache_dir).") from e
     lock_path = os.path.join(dataset_dir, config.name + ".lock")
-    with _locked(lock_path):
+    # Two processes preparing the same folder take turns: the second one
+    # then reuses what the first wrote.
+    with locks.exclusive(lock_path, "Waiting for another process preparing "
+                         f"the same folder (lock {lock_path})"):
         # Built under the lock: a builder made before another process
         # finished would not see its data.
         builder = TlfastImageFolder(config=config, data_dir=data_root,
