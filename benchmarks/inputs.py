@@ -19,7 +19,7 @@ import tensorflow as tf
 from tlfast import data as tld
 from tlfast.data import folder_builder
 from tlfast.data import pipeline as pipeline_lib
-from tlfast.training import TrainConfig
+from tlfast.config import TrainConfig
 
 log = logging.getLogger("tlfast")
 

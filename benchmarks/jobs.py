@@ -8,7 +8,7 @@ import keras
 import numpy as np
 
 from tlfast import backbones
-from tlfast.training import TrainConfig
+from tlfast.config import TrainConfig
 
 import inputs
 

@@ -16,7 +16,7 @@ from tlfast import features as features_lib
 from tlfast import head as head_lib
 from tlfast import model as model_lib
 from tlfast.data import augment as augment_lib
-from tlfast.training import TrainConfig
+from tlfast.config import TrainConfig
 
 import jobs
 

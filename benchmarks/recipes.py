@@ -12,7 +12,7 @@ import keras
 import tensorflow as tf
 
 import tlfast
-from tlfast.training import TrainConfig
+from tlfast.config import TrainConfig
 
 import jobs
 

@@ -73,7 +73,7 @@ import tensorflow as tf  # noqa: E402
 
 import tlfast  # noqa: E402
 from tlfast import backbones  # noqa: E402
-from tlfast.training import TrainConfig  # noqa: E402
+from tlfast.config import TrainConfig  # noqa: E402
 
 import inputs  # noqa: E402
 import models  # noqa: E402

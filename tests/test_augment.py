@@ -65,3 +65,9 @@ def test_serialization_round_trip(tmp_path):
     layer = loaded.get_layer("augmentation")
     assert layer.spec == "flip,zoom:0.3" and layer.seed == 5
     np.testing.assert_array_equal(np.asarray(loaded(_images())), _images())
+
+
+def test_the_spec_parser_and_the_layers_know_the_same_ops():
+    from tlfast.data import augment_spec
+
+    assert set(augment.OPS) == set(augment_spec.DEFAULT_STRENGTH)

@@ -423,7 +423,7 @@ def test_every_backbone_at_default_size(name):
 def _hymenoptera_features(weights, size=160):
     """Pooled features of hymenoptera's train and val images (real photos)."""
     from tlfast.data import pipeline
-    from tlfast.prepare import prepare_folder
+    from tlfast.data.prepare import prepare_folder
 
     data = prepare_folder(assets_path("datasets", "hymenoptera"))
     model = bb.create_backbone("mobilenet_025", weights=weights, image_size=size)

@@ -62,7 +62,7 @@ def check_model_loads(model_path, env):
     """model.keras loads under JAX and classifies uint8 images."""
     code = textwrap.dedent(f"""
         import keras, numpy as np
-        import tlfast  # Registers the custom layers.
+        import tlfast.model  # Registers the custom layers.
         assert keras.backend.backend() == "jax"
         model = keras.saving.load_model({str(model_path)!r})
         out = np.asarray(model.predict(np.zeros((3, 32, 32, 3), np.uint8), verbose=0))

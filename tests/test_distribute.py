@@ -56,12 +56,11 @@ def test_multi_worker_refuses_fine_tuning_up_front(tmp_path, monkeypatch):
         "cluster": {"worker": ["localhost:1", "localhost:2"]},
         "task": {"type": "worker", "index": 0}}))
     register_tiny_backbone()
-    config = training.TrainConfig(
-        data_dir=str(tmp_path), output_dir=str(tmp_path / "out"),
-        backbone="tiny_test", weights=None, fine_tune_epochs=1,
-        distribution="multi_worker")
     with pytest.raises(ValueError, match="72388"):
-        training.check_config(config)
+        training.TrainConfig(
+            data_dir=str(tmp_path), output_dir=str(tmp_path / "out"),
+            backbone="tiny_test", weights=None, fine_tune_epochs=1,
+            distribution="multi_worker")
 
 
 def test_tpu_without_a_tpu_is_a_clear_error(monkeypatch):

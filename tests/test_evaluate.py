@@ -14,7 +14,7 @@ from test_predict import error_lines
 from test_predict import train_run
 from tlfast import evaluate
 from tlfast import predict
-from tlfast import prepare
+from tlfast.data import prepare
 from tlfast import training
 from tlfast.data import pipeline
 

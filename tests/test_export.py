@@ -15,6 +15,7 @@ from test_predict import REPO
 from test_predict import cli
 from test_predict import error_lines
 from test_predict import train_run
+from tlfast import backbones
 from tlfast import evaluate
 from tlfast import export
 from tlfast import predict
@@ -43,7 +44,7 @@ def mobilenet(tmp_path_factory):
 
 
 def _layer_classes(model):
-    return {type(l).__name__ for l in model._flatten_layers()}
+    return {type(l).__name__ for l in backbones.layers_within(model)}
 
 
 @pytest.fixture(scope="module")
@@ -252,7 +253,7 @@ def test_cli_errors_are_one_clear_line(mobilenet, tmp_path):
                  f"--output_dir={tmp_path / 'o'}", "--num_representative=0")
     assert result.returncode == 2, result.stderr[-3000:]
     errors = error_lines(result, "tlfast-export")
-    assert len(errors) == 1 and "--num_representative must be >= 1" in errors[0]
+    assert len(errors) == 1 and "num_representative must be an integer >= 1" in errors[0]
 
 
 @pytest.mark.slow
@@ -321,7 +322,7 @@ def test_a_mixed_precision_model_exports_to_tflite(tmp_path, policy):
         serving = export.serving_model(model)
     finally:
         keras.mixed_precision.set_global_policy("float32")
-    assert {l.dtype_policy.name for l in serving._flatten_layers()
+    assert {l.dtype_policy.name for l in backbones.layers_within(serving)
             if not isinstance(l, (keras.Model, keras.layers.InputLayer))
             } == {"float32"}
     images = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), np.uint8)

@@ -22,6 +22,7 @@ from conftest import make_folder
 from conftest import noise_image
 from conftest import tiny_train_config
 from test_backbones import register_tiny_backbone
+from tlfast import resolve
 from tlfast import training
 from tlfast.data import scan
 
@@ -167,14 +168,14 @@ _DRIVER = textwrap.dedent("""
     if point == "scan":
         # Checkpoint after every file; die right after the 12th checkpoint.
         scan.CHECKPOINT_SECONDS = 0.0
-        real = scan.write_json_atomic
+        real = scan.atomic.write_json
         calls = []
         def write(*a, **k):
             real(*a, **k)
             calls.append(1)
             if len(calls) == 12:
                 die()
-        scan.write_json_atomic = write
+        scan.atomic.write_json = write
     elif point == "extract":
         real_write = features.FeatureCache.write_shard
         def write(self, *a, **k):
@@ -340,12 +341,12 @@ def test_unwritable_folder_is_reported_up_front(tiny, monkeypatch, which):
 @pytest.mark.parametrize("change,match", [
     ({"backbone": "resnet_50"}, "Did you mean 'resnet50'"),
     ({"image_size": 4}, "image_size must be at least"),
-    ({"batch_size": 0}, "batch_size must be > 0"),
+    ({"batch_size": 0}, "batch_size must be an integer >= 1"),
     ({"learning_rate": -1.0}, "learning_rate must be > 0"),
     ({"augment": "flip,blurr"}, "Unknown augmentation op 'blurr'"),
     ({"tfds_name": "cats_vs_dogs"}, "either data_dir or tfds_name"),
 ])
 def test_bad_flag_values(tiny, change, match):
     with pytest.raises(ValueError, match=match) as info:
-        training.check_config(dataclasses.replace(tiny, **change))
+        resolve.resolve(dataclasses.replace(tiny, **change))
     assert "\n" not in str(info.value).strip()

@@ -10,7 +10,7 @@ import tensorflow_datasets as tfds
 from conftest import make_folder
 from conftest import write_image
 from tlfast import locks
-from tlfast import prepare
+from tlfast.data import prepare
 from tlfast.data import folder_builder
 from tlfast.data import pipeline
 from tlfast.data import scan

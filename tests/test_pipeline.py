@@ -122,7 +122,7 @@ def test_stale_lockfile_from_a_killed_run_is_cleaned(flat_folder, tmp_path):
     entries = _entries(flat_folder)
     config = pipeline.PipelineConfig(image_size=16, batch_size=4, cache="disk",
                                      cache_dir=str(tmp_path))
-    key = pipeline.content_key(entries, 16, "resize")
+    key = pipeline.content_key(entries, 16, config.resize)
     prefix = pipeline.disk_cache_prefix(str(tmp_path), key)
     # What tf.data leaves when the process dies mid-epoch.
     for suffix in (".lockfile", "_0.lockfile", "_0.data-00000-of-00001"):

@@ -15,6 +15,7 @@ from conftest import tiny_train_config
 from conftest import write_image
 from test_backbones import register_tiny_backbone
 from tlfast import predict
+from tlfast import run_folder
 from tlfast import training
 from tlfast.data import pipeline
 from tlfast.data.sources import FileEntry
@@ -74,7 +75,8 @@ def test_load_model_run_reads_labels_size_and_resize(run):
     assert run.class_names == CLASSES
     assert run.image_size == 32
     assert run.resize == "crop"  # The run's config; also the default.
-    assert run.run["config"]["backbone"] == "tiny_test"
+    assert run.run.config["backbone"] == "tiny_test"
+    assert run.run.schema == run_folder.SCHEMA_VERSION
     assert run.model.input.dtype == "uint8"
 
 
@@ -213,12 +215,6 @@ def test_cli_missing_model_is_one_clear_line(tmp_path, images_dir):
     assert result.returncode == 2, result.stderr[-3000:]
     errors = error_lines(result, "tlfast-predict")
     assert len(errors) == 1 and "Model file not found" in errors[0], result.stderr
-
-
-def test_labels_file_with_a_byte_order_mark(tmp_path):
-    # Windows editors save UTF-8 with a BOM; it is not part of a class name.
-    (tmp_path / "labels.txt").write_bytes("\ufeffants\nbees\n".encode("utf-8"))
-    assert predict.read_class_names(tmp_path) == ("ants", "bees")
 
 
 def test_cli_skips_placeholders_as_the_run_did(run, tmp_path):

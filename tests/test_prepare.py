@@ -3,7 +3,7 @@ import logging
 import pytest
 
 from conftest import make_folder
-from tlfast import prepare
+from tlfast.data import prepare
 from tlfast.data import scan
 
 

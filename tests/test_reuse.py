@@ -11,7 +11,9 @@ from conftest import tiny_train_config
 from conftest import write_image
 from test_backbones import register_tiny_backbone
 from tlfast import backbones
+from tlfast import resolve
 from tlfast import reuse
+from tlfast import run_folder
 from tlfast import training
 
 
@@ -147,8 +149,7 @@ def test_a_failed_export_is_retried(tiny_config):
 
 
 def _key(config):
-    spec, size, canonical = training.check_config(config)
-    return reuse.run_key(config, spec, size, canonical)
+    return reuse.run_key(resolve.resolve(config))
 
 
 def test_run_key_covers_results_not_locations(tiny_config, tmp_path,
@@ -184,8 +185,7 @@ def test_run_key_follows_the_weights_file(tiny_config):
 ])
 def test_no_key_where_reuse_does_not_apply(tiny_config, change):
     config = dataclasses.replace(tiny_config, **change)
-    spec = backbones.get_backbone_spec(config.backbone)
-    assert reuse.run_key(config, spec, 32, "none") is None
+    assert reuse.run_key(resolve.resolve(config)) is None
 
 
 def test_a_second_run_into_the_folder_waits_for_the_first(tiny_config, caplog):
@@ -194,7 +194,7 @@ def test_a_second_run_into_the_folder_waits_for_the_first(tiny_config, caplog):
     import time
 
     os.makedirs(tiny_config.output_dir)
-    fd = os.open(os.path.join(tiny_config.output_dir, training.RUN_LOCK),
+    fd = os.open(os.path.join(tiny_config.output_dir, run_folder.LOCK),
                  os.O_RDWR | os.O_CREAT)
     fcntl.flock(fd, fcntl.LOCK_EX)  # As a run in another process would.
     results = []

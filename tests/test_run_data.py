@@ -5,7 +5,16 @@ import numpy as np
 from conftest import make_folder
 from conftest import tiny_train_config
 from conftest import write_image
+from test_backbones import register_tiny_backbone
+from tlfast import resolve
 from tlfast import run_data
+from tlfast.run_folder import RunFolder
+
+
+def _load(config):
+    register_tiny_backbone()
+    return run_data.load_data(resolve.resolve(config),
+                              RunFolder(config.output_dir), {})
 
 
 def test_file_names_with_a_bar_keep_their_path(tmp_path):
@@ -13,8 +22,7 @@ def test_file_names_with_a_bar_keep_their_path(tmp_path):
     root = make_folder(tmp_path / "data", {"cats": 6, "dogs": 6})
     write_image(root / "cats" / "c|4.jpg")
     config = tiny_train_config(tmp_path, root)
-    os.makedirs(config.output_dir)
-    data = run_data.load_data(config, 32, {})
+    data = _load(config)
     entries = data.train.entries + data.validation.entries
     assert len(entries) == 13
     assert "cats/c|4.jpg" in {e.relpath for e in entries}
@@ -35,8 +43,7 @@ def test_placeholder_like_images_are_kept_on_request(tmp_path):
             config = tiny_train_config(
                 tmp_path, root, output_dir=str(tmp_path / f"out{prepare_tfds}{keep}"),
                 prepare_tfds=prepare_tfds, skip_placeholders=not keep)
-            os.makedirs(config.output_dir)
-            data = run_data.load_data(config, 32, {})
+            data = _load(config)
             counts[keep] = len(data.train) + len(data.validation)
             sketch = [s for s in data.skipped if s.path.endswith("sketch.png")]
             assert bool(sketch) != keep

@@ -175,16 +175,16 @@ def test_fine_tuning_changes_only_the_top_block_and_keeps_bn_stats(tiny_config):
 @pytest.mark.parametrize("change,match", [
     ({"backbone": "mobilenetv2"}, "Did you mean 'mobilenet_v2'"),
     ({"image_size": 8}, "image_size must be at least"),
-    ({"batch_size": 0}, "batch_size must be > 0"),
+    ({"batch_size": 0}, "batch_size must be an integer >= 1"),
     ({"learning_rate": 0.0}, "learning_rate must be > 0"),
     ({"augment": "flip,twirl"}, "Unknown augmentation op 'twirl'"),
     ({"tfds_name": "tf_flowers"}, "either data_dir or tfds_name"),
     ({"weights": "/nope.h5"}, "Weights file not found"),
     ({"fine_tune_epochs": 1, "fine_tune_blocks": 99}, "fine_tune_blocks"),
-    ({"ram_budget_mb": -1}, "ram_budget_mb must be >= 0"),
-    ({"feature_shard_size": 0}, "feature_shard_size must be >= 1"),
-    ({"max_pixels": 0}, "max_pixels must be >= 1"),
-    ({"seed": -1}, r"seed must be in \[0, 2\*\*32\)"),
+    ({"ram_budget_mb": -1}, "ram_budget_mb must be an integer >= 0"),
+    ({"feature_shard_size": 0}, "feature_shard_size must be an integer >= 1"),
+    ({"max_pixels": 0}, "max_pixels must be an integer >= 1"),
+    ({"seed": -1}, r"seed must be an integer in \[0, 2\*\*32\)"),
     ({"data_dir": "/no/such/folder"}, "Dataset folder not found"),
     ({"data_dir": None, "tfds_name": "tf_flowers", "export": "tflite_int8"},
      "tflite_int8 needs an image folder"),
@@ -206,7 +206,7 @@ def _cli(*args, timeout=120):
 
 @pytest.mark.parametrize("args,match", [
     (["--data_dir=/no/such/folder"], "Dataset folder not found"),
-    (["--data_dir=.", "--batch_size=0"], "batch_size must be > 0"),
+    (["--data_dir=.", "--batch_size=0"], "batch_size must be an integer >= 1"),
     (["--data_dir=.", "--backbone=resnet5"], "Did you mean"),
 ])
 def test_cli_bad_input_is_one_clear_line(tmp_path, args, match):
@@ -217,11 +217,12 @@ def test_cli_bad_input_is_one_clear_line(tmp_path, args, match):
     assert len(errors) == 1 and match in errors[0], result.stderr[-2000:]
 
 
-def test_cli_without_data_tries_tf_flowers_and_names_offline_options(tmp_path):
+def test_cli_without_data_says_what_to_pass_and_downloads_nothing(tmp_path):
     result = _cli(f"--output_dir={tmp_path / 'o'}", f"--cache_dir={tmp_path / 'c'}",
                   f"--tfds_data_dir={tmp_path / 'tfds'}", "--weights=none")
     assert result.returncode == 2, result.stderr[-2000:]
-    assert "tf_flowers" in result.stderr and "--data_dir" in result.stderr
+    assert "data_dir" in result.stderr and "tfds_name" in result.stderr
+    assert not (tmp_path / "tfds").exists()
 
 
 def test_cli_trains_end_to_end(tmp_path):

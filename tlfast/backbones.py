@@ -473,6 +473,17 @@ def get_inner_model(backbone_model):
     return nested[0]
 
 
+def layers_within(layer):
+    """`layer`, then every layer nested in it (through models' `.layers`).
+
+    Public API only: the models of `keras.applications` nest layers only
+    inside (Functional) models.
+    """
+    yield layer
+    for sub in getattr(layer, "layers", None) or ():
+        yield from layers_within(sub)
+
+
 def _operations(inner):
     # Functional models also list non-Layer ops here (MobileNetV3's `x + 3`).
     return list(getattr(inner, "operations", None) or inner.layers)
@@ -520,7 +531,7 @@ def _set_trainable_from(backbone_model, inner, start):
     made_trainable = []
     for i, op in enumerate(_operations(inner)):
         if isinstance(op, keras.layers.Layer):
-            for sub in op._flatten_layers():  # op itself first
+            for sub in layers_within(op):  # op itself first
                 # BN gamma/beta stay frozen, as is usual when fine-tuning.
                 is_bn = isinstance(sub, keras.layers.BatchNormalization)
                 sub.trainable = start is not None and i >= start and not is_bn

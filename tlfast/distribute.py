@@ -22,7 +22,7 @@ import os
 
 import keras
 
-DISTRIBUTIONS = ("none", "mirrored", "multi_worker", "tpu")
+from tlfast.config import DISTRIBUTIONS
 
 
 def check_distribution(name):

@@ -13,22 +13,23 @@ Files written into `output_dir`:
     predictions.csv         path, true, predicted, probability, correct
 """
 
-import csv
 import dataclasses
 import logging
 import os
 
 import numpy as np
 
+from tlfast import atomic
+from tlfast import config
 from tlfast import plots
-from tlfast import prepare
+from tlfast.data import prepare
 from tlfast import predict as predict_lib
+from tlfast import run_folder
 from tlfast.data import scan as scan_lib
 from tlfast.data import sources
-from tlfast.data.scan import write_json_atomic
 
 log = logging.getLogger("tlfast")
-SPLITS = ("auto", "validation", "train", "test", "all")
+SPLITS = config.EVAL_SPLITS
 CONFUSION_PNG = "confusion_matrix.png"
 PREDICTIONS_CSV = "predictions.csv"
 
@@ -161,7 +162,7 @@ def report_dir_for(output_dir, split):
     evaluation.json, predictions.csv and confusion_matrix.png: the report
     goes into its `eval_<split>/` sub-folder instead of replacing them.
     """
-    if os.path.isfile(os.path.join(output_dir, "run.json")):
+    if os.path.isfile(run_folder.RunFolder(output_dir).file(run_folder.RUN_INFO)):
         return os.path.join(output_dir, f"eval_{split}")
     return output_dir
 
@@ -256,12 +257,11 @@ def confident_errors(probs, labels, paths, class_names, worst=20):
 
 def _write_predictions(path, probs, labels, paths, class_names):
     predicted = probs.argmax(axis=1)
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["path", "true", "predicted", "probability", "correct"])
-        for i, p in enumerate(predicted):
-            writer.writerow([paths[i], class_names[labels[i]], class_names[p],
-                             f"{probs[i, p]:.6f}", int(p == labels[i])])
+    atomic.write_csv(
+        path, ["path", "true", "predicted", "probability", "correct"],
+        ([paths[i], class_names[labels[i]], class_names[p],
+          f"{probs[i, p]:.6f}", int(p == labels[i])]
+         for i, p in enumerate(predicted)))
 
 
 def evaluate_model(model, entries, class_names, output_dir, *, batch_size=32,
@@ -343,10 +343,56 @@ def report_from_probabilities(probs, entries, class_names, output_dir, *,
                  "predictions": os.path.join(output_dir, PREDICTIONS_CSV)}
         report["files"] = files
         _write_predictions(files["predictions"], probs, labels, paths, class_names)
-        write_json_atomic(files["metrics"], report)
+        atomic.write_json(files["metrics"], report)
         plots.plot_confusion_matrix(report["confusion_matrix"], class_names,
                                     files["confusion_matrix"])
     log.info("evaluated %d image(s): accuracy=%.4f top_%d_accuracy=%.4f "
              "(%d skipped)", report["num_examples"], report["accuracy"],
              report["top_k"], report["top_k_accuracy"], len(skipped))
     return report
+
+
+def _trained_on(data_dir, run):
+    """Whether `data_dir` is the folder the run trained on (run.json's)."""
+    trained_on = run.setting("data_dir")
+    try:
+        return bool(trained_on) and os.path.samefile(data_dir, trained_on)
+    except OSError:  # Either folder moved or gone: not the same one.
+        return False
+
+
+def run_evaluation(config):
+    """`tlfast-evaluate`: a run's model on a labelled folder, with reports.
+
+    On the folder the model was trained on (run.json's data_dir),
+    split="auto" means the run's validation images: "all" would mix in the
+    training images. The run's split settings, `max_pixels` and
+    `skip_placeholders` apply, so the same images are judged.
+
+    Args:
+      config: A `tlfast.config.EvaluateConfig`.
+
+    Returns:
+      The report (see `evaluate_model`), also written under
+      `config.output_dir` (into its eval_<split>/ when it is a run folder).
+    """
+    model_run = run_folder.load_model_run(config.model)
+    run = model_run.run
+    split = config.split
+    if split == "auto" and _trained_on(config.data_dir, run):
+        split = "validation"
+    entries, skipped, split = load_eval_entries(
+        config.data_dir, model_run.class_names, split=split,
+        validation_split=run.setting("validation_split", 0.2),
+        seed=run.setting("seed", 0),
+        cache_dir=os.path.expanduser(config.cache_dir),
+        # Judge the same images the run trained and validated on.
+        skip_placeholders=run.setting("skip_placeholders", True),
+        max_pixels=run.setting("max_pixels", scan_lib.DEFAULT_MAX_PIXELS))
+    return evaluate_model(
+        model_run.model, entries, model_run.class_names,
+        report_dir_for(config.output_dir, split),
+        batch_size=config.batch_size, top_k=config.top_k, worst=config.worst,
+        resize=model_run.resize, skipped=skipped, metrics_file="metrics.json",
+        extra={"split": split, "data_dir": os.path.abspath(config.data_dir),
+               "model": os.path.abspath(config.model)})

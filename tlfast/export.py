@@ -38,13 +38,17 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tlfast import atomic
+from tlfast import backbones
+from tlfast import config
 from tlfast import predict as predict_lib
+from tlfast import run_folder
 from tlfast.data import augment as augment_lib
-from tlfast.data.scan import write_json_atomic
-from tlfast.errors import suggest
 
 log = logging.getLogger("tlfast")
-FORMATS = ("keras", "saved_model", "tflite", "tflite_int8")
+FORMATS = config.EXPORT_FORMATS
+# Formats converted from the SavedModel of `serving_model(model)`.
+GRAPH_FORMATS = frozenset({"saved_model", "tflite", "tflite_int8"})
 FILE_NAMES = {"keras": "model.keras", "saved_model": "saved_model",
               "tflite": "model.tflite", "tflite_int8": "model_int8.tflite"}
 FLOAT_TOP1, FLOAT_MAX_DIFF = 0.995, 1e-3
@@ -72,24 +76,11 @@ def problems(report):
 
 def parse_formats(formats):
     """Normalises "keras,tflite" or a list to a tuple of known format names."""
-    if isinstance(formats, str):
-        formats = [f for f in formats.split(",")]
-    out = []
-    for name in formats:
-        name = str(name).strip()
-        if not name:
-            continue
-        if name not in FORMATS:
-            raise ValueError(
-                f"Unknown export format '{name}'.{suggest(name, FORMATS)} "
-                f"Expected a comma-separated list of {', '.join(FORMATS)}. "
-                f"Received: formats={formats!r}")
-        if name not in out:
-            out.append(name)
+    out = config.export_formats(formats)
     if not out:
         raise ValueError(f"No export format given. Expected some of "
                          f"{', '.join(FORMATS)}. Received: formats={formats!r}")
-    return tuple(out)
+    return out
 
 
 def as_arrays(data, name):
@@ -336,8 +327,8 @@ def parity(reference, probs, labels=None, *, quantized=False):
 
 
 def _write_labels(directory, class_names):
-    with open(os.path.join(directory, "labels.txt"), "w", encoding="utf-8") as f:
-        f.write("\n".join(class_names) + "\n")
+    atomic.write_text(os.path.join(directory, "labels.txt"),
+                      "\n".join(class_names) + "\n")
 
 
 def _size(path):
@@ -353,33 +344,31 @@ def _export_one(fmt, model, path, saved_model_dir, representative, images,
     info, probs = {"path": path}, None
     if fmt == "keras":
         # Saved beside, then renamed: `path` may be the model being exported.
-        tmp = os.path.join(os.path.dirname(path), ".tmp-export.keras")
-        model.save(tmp)
-        os.replace(tmp, path)
+        with atomic.replacing(path) as tmp:
+            model.save(tmp)
         if images is not None:
             probs = keras.models.load_model(path, compile=False).predict(
                 images, batch_size=batch_size, verbose=0)
     elif fmt == "saved_model":
         if images is not None:
-            probs = _run_saved_model(path, images, batch_size)
+            probs = _run_saved_model(saved_model_dir, images, batch_size)
     else:
         flatbuffer, select_ops = _convert(
             saved_model_dir, representative if fmt == "tflite_int8" else None)
-        with open(path, "wb") as f:
-            f.write(flatbuffer)
+        atomic.write_bytes(path, flatbuffer)
         info["select_tf_ops"] = select_ops
         if fmt == "tflite_int8":
             info["representative_images"] = len(representative)
         if images is not None:
             probs = run_tflite(path, images, batch_size)
-    info["size_bytes"] = _size(path)
+    info["size_bytes"] = _size(saved_model_dir if fmt == "saved_model" else path)
     return info, probs
 
 
 def _computes_below_float32(model):
     """Whether any layer of `model` (nested ones too) computes in 16 bits."""
     return any(layer.dtype_policy.compute_dtype != "float32"
-               for layer in model._flatten_layers(include_self=False))
+               for layer in backbones.layers_within(model) if layer is not model)
 
 
 def export_model(model, formats, output_dir, *, class_names, representative=None,
@@ -440,33 +429,20 @@ def export_model(model, formats, output_dir, *, class_names, representative=None
                                             max_representative).astype(int)]
     os.makedirs(output_dir, exist_ok=True)
     _write_labels(output_dir, class_names)
-    reference = float_reference = serving = None
-    if {"saved_model", "tflite", "tflite_int8"} & set(formats):
+    serving = None
+    if GRAPH_FORMATS & set(formats):
         serving = serving_model(model)
-    if images is not None:
-        reference = model.predict(images, batch_size=batch_size, verbose=0)
-        float_reference = reference
-        if serving is not None and _computes_below_float32(model):
-            # The graph exports are built from the float32 copy: measured
-            # against the bfloat16/float16 model they would fail on its
-            # rounding (0.45 max probability difference seen with bf16),
-            # not on anything the conversion did.
-            float_reference = serving.predict(images, batch_size=batch_size,
-                                              verbose=0)
+    reference, float_reference = _references(model, serving, images,
+                                              batch_size)
     report = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        saved_model_dir, saved_model_error = None, None
-        if {"saved_model", "tflite", "tflite_int8"} & set(formats):
-            saved_model_dir = (os.path.join(output_dir, FILE_NAMES["saved_model"])
-                               if "saved_model" in formats else
-                               os.path.join(tmp, "saved_model"))
-            try:
-                serving.export(
-                    saved_model_dir, format="tf_saved_model", verbose=False)
-                if "saved_model" in formats:
-                    _write_labels(saved_model_dir, class_names)
-            except Exception as e:  # Reported for each format that needs it.
-                saved_model_error = f"SavedModel export failed: {type(e).__name__}: {e}"
+    # The SavedModel is written into a temporary folder beside its final
+    # place (TFLite converts from it) and renamed there once checked.
+    with tempfile.TemporaryDirectory(dir=output_dir, prefix=".tmp-") as tmp:
+        saved_model_dir = os.path.join(tmp, "saved_model")
+        saved_model_error = None
+        if serving is not None:
+            saved_model_error = _export_saved_model(serving, saved_model_dir,
+                                                    class_names)
         for fmt in formats:
             path = os.path.join(output_dir, FILE_NAMES[fmt])
             error = saved_model_error if fmt != "keras" else None
@@ -480,28 +456,108 @@ def export_model(model, formats, output_dir, *, class_names, representative=None
                 log.error("[export] %s failed: %s", fmt, error)
                 report[fmt] = {"path": path, "error": error}
                 continue
-            if probs is None:
-                info["parity_ok"] = None  # Not checked: no validation images.
+            if probs is not None:
+                info.update(_parity_of(
+                    fmt, reference if fmt == "keras" else float_reference,
+                    float_reference is not reference, probs, labels))
             else:
-                info.update(parity(
-                    reference if fmt == "keras" else float_reference,
-                    np.asarray(probs, np.float32), labels,
-                    quantized=fmt == "tflite_int8"))
-                if fmt != "keras" and float_reference is not reference:
-                    info["reference"] = "float32 copy of the model"
-                if info["parity_ok"] is None:
-                    log.warning(
-                        "[export] %s not checked: on every validation image "
-                        "the model's top two classes are near-ties that "
-                        "quantization may swap (a barely trained model?).",
-                        fmt)
-                elif not info["parity_ok"]:
-                    log.warning(
-                        "[export] %s differs from the Keras model: top-1 "
-                        "agreement %.4f, max probability difference %.2e.",
-                        fmt, info["top1_agreement"], info["max_prob_diff"])
+                info["parity_ok"] = None  # Not checked: no validation images.
             report[fmt] = info
             log.info("[export] %s -> %s %s", fmt, path, {
                 k: v for k, v in info.items() if k != "path"})
-    write_json_atomic(os.path.join(output_dir, "export.json"), report)
+        if "saved_model" in report and "error" not in report["saved_model"]:
+            atomic.publish(saved_model_dir,
+                           os.path.join(output_dir, FILE_NAMES["saved_model"]))
+    atomic.write_json(os.path.join(output_dir, "export.json"), report)
     return report
+
+
+def _references(model, serving, images, batch_size):
+    """The model's probabilities on `images`, and those of its float32 copy."""
+    if images is None:
+        return None, None
+    reference = model.predict(images, batch_size=batch_size, verbose=0)
+    if serving is not None and _computes_below_float32(model):
+        # The graph exports are built from the float32 copy: measured
+        # against the bfloat16/float16 model they would fail on its
+        # rounding (0.45 max probability difference seen with bf16), not on
+        # anything the conversion did.
+        return reference, serving.predict(images, batch_size=batch_size,
+                                          verbose=0)
+    return reference, reference
+
+
+def _export_saved_model(serving, directory, class_names):
+    """Writes the SavedModel; returns None, or why it failed."""
+    try:
+        serving.export(directory, format="tf_saved_model", verbose=False)
+        _write_labels(directory, class_names)
+    except Exception as e:  # Reported for each format that needs it.
+        return f"SavedModel export failed: {type(e).__name__}: {e}"
+    return None
+
+
+def _parity_of(fmt, reference, against_float_copy, probs, labels):
+    """The parity entries of one export's report, logged when not clean."""
+    info = parity(reference, np.asarray(probs, np.float32), labels,
+                  quantized=fmt == "tflite_int8")
+    if fmt != "keras" and against_float_copy:
+        info["reference"] = "float32 copy of the model"
+    if info["parity_ok"] is None:
+        log.warning(
+            "[export] %s not checked: on every validation image the model's "
+            "top two classes are near-ties that quantization may swap (a "
+            "barely trained model?).", fmt)
+    elif not info["parity_ok"]:
+        log.warning(
+            "[export] %s differs from the Keras model: top-1 agreement %.4f, "
+            "max probability difference %.2e.", fmt, info["top1_agreement"],
+            info["max_prob_diff"])
+    return info
+
+
+def run_export(config):
+    """`tlfast-export`: a run's model in serving formats, parity-checked.
+
+    Calibration images for tflite_int8 (`num_representative` training
+    images) and the parity-check images (the validation split) are read
+    from the run's data folder (run.json, or `config.data_dir`) with its
+    split.csv. Without data, float formats are exported unchecked and
+    tflite_int8 is refused.
+
+    Args:
+      config: A `tlfast.config.ExportConfig`.
+
+    Returns:
+      The report of `export_model`.
+    """
+    formats = parse_formats(config.formats)
+    run = run_folder.load_model_run(config.model)
+    entries = run_folder.split_entries(run.folder, config.data_dir)
+
+    def decode(split, limit):
+        if not entries.get(split):
+            return None
+        return decode_entries(entries[split], run.image_size, run.resize,
+                              limit=limit)
+
+    representative = None
+    if "tflite_int8" in formats:
+        representative = decode("train", config.num_representative)
+        if representative is None:
+            raise ValueError(
+                "tflite_int8 needs training images to calibrate, and none "
+                f"were found for the run in '{run.run_dir}' (split.csv + "
+                "run.json's data_dir). Pass --data_dir=<the training "
+                "folder>, or leave tflite_int8 out of --formats.")
+    validation = None
+    if config.parity_images:
+        validation = decode("validation", config.parity_images)
+        if validation is None:
+            log.warning("No validation images found: exports are not "
+                        "parity-checked. Pass --data_dir to check them.")
+    return export_model(
+        run.model, formats, config.output_dir, class_names=run.class_names,
+        representative=None if representative is None else representative[0],
+        validation=validation, batch_size=config.batch_size,
+        max_representative=config.num_representative)

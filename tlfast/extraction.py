@@ -11,7 +11,6 @@ import hashlib
 import logging
 import os
 
-import keras
 import numpy as np
 import tensorflow as tf
 
@@ -90,41 +89,55 @@ class Extracted:
     weights_identity: str
 
 
-def extract_all(train, validation, backbone_model, spec, size, canonical, config,
-                timings, strategy=None):
-    """Features for every training view and for validation; an `Extracted`."""
-    workers = distribute.workers_of(strategy)
-    identity = weights_fingerprint(config.weights, backbone_model, spec.name)
+def _jobs(train, validation, run, identity):
+    """(examples, FeatureKey, augmentation layer or None) of every set."""
+    config, spec = run.config, run.spec
     base = dict(backbone=spec.name, weights=identity,
-                image_size=size, resize=config.resize,
-                preprocessing=spec.preprocessing,
-                precision=keras.mixed_precision.global_policy().name,
+                image_size=run.image_size, resize=config.resize,
+                preprocessing=spec.preprocessing, precision=run.policy,
                 dtype=config.feature_dtype)
     jobs = [(validation, features_lib.FeatureKey(**base), None)]
     for view in range(config.augment_views + 1):
         augmentation = None
         if view:
             augmentation = augment_lib.make_augmentation(
-                canonical, seed=augment_lib.view_seed(config.seed, view),
+                run.augment, seed=augment_lib.view_seed(config.seed, view),
                 always=True)
         key = features_lib.FeatureKey(
             **base, view=view,
-            augment=f"{canonical}#v{augment_lib.VIEW_VERSION}" if view else "",
+            augment=f"{run.augment}#v{augment_lib.VIEW_VERSION}" if view else "",
             seed=config.seed if view else 0)
         jobs.append((train, key, augmentation))
-    total = sum(len(entries) for entries, _, _ in jobs)
+    return jobs
+
+
+def extract_all(train, validation, backbone_model, run, timings, strategy=None):
+    """Features for every training view and for validation; an `Extracted`.
+
+    Args:
+      train, validation: `tlfast.data.examples.Examples`.
+      backbone_model: From `tlfast.backbones.create_backbone`.
+      run: The `tlfast.resolve.ResolvedRun`.
+      timings: Phase timings to add to.
+      strategy: The run's tf.distribute strategy, or None.
+    """
+    workers = distribute.workers_of(strategy)
+    identity = weights_fingerprint(run.config.weights, backbone_model,
+                                   run.spec.name)
+    jobs = _jobs(train, validation, run, identity)
+    total = sum(len(examples) for examples, _, _ in jobs)
     results, stats = [], []
     with Phase("extract", total=total, timings=timings) as phase:
         clean = model_lib.build_feature_model(backbone_model)
-        for entries, key, augmentation in jobs:
+        for examples, key, augmentation in jobs:
             feature_model = clean if augmentation is None else (
                 model_lib.build_feature_model(backbone_model, augmentation))
             if workers.count > 1:
                 feature_model = _LocalPredictor(feature_model)
             offset = phase.done
-            feats, stat = _extract(entries, feature_model, key, config, phase,
-                                   workers, strategy)
-            phase.update(offset + len(entries), force=True)
+            feats, stat = _extract(examples, feature_model, key, run.config,
+                                   phase, workers, strategy)
+            phase.update(offset + len(examples), force=True)
             results.append(feats)
             stats.append(stat)
     forwarded = sum(s.forwarded for s in stats)

@@ -30,12 +30,7 @@ import numpy as np
 
 from tlfast import atomic
 from tlfast import locks
-from tlfast.data.scan import write_json_atomic
-
-try:
-    import fcntl
-except ImportError:  # Windows: no cross-process lock, see `FeatureCache.lock`.
-    fcntl = None
+from tlfast.data.sources import example_id  # noqa: F401  (ids of files)
 
 FORMAT_VERSION = 1
 STORAGE_DTYPES = ("float16", "float32")
@@ -95,15 +90,6 @@ class FeatureKey:
         """Stable hex id: first 20 hex digits of sha256(sorted JSON of fields)."""
         text = json.dumps(self.fields(), sort_keys=True)
         return hashlib.sha256(text.encode("utf-8")).hexdigest()[:20]
-
-
-def example_id(entry):
-    """Content identity of a `FileEntry`: "relpath|size|mtime_ns".
-
-    An edited file gets a new id, so its feature is recomputed.
-    """
-    st = os.stat(entry.path)
-    return f"{entry.relpath}|{st.st_size}|{st.st_mtime_ns}"
 
 
 @dataclasses.dataclass
@@ -177,7 +163,7 @@ class FeatureCache:
         self.key = key
         self.path = feature_folder(cache_dir, key.digest())
         os.makedirs(self.path, exist_ok=True)
-        self._lock_fd, self._scope = None, None
+        self._locked, self._scope = False, None
         self._shard_ids = {}  # name -> (stat key, ids array), read once.
         manifest, problem = self._read_manifest()
         if problem:
@@ -231,7 +217,7 @@ class FeatureCache:
 
     @contextlib.contextmanager
     def lock(self, scope=None):
-        """Holds `fcntl.flock`s on the folder's lock files.
+        """Holds `tlfast.locks` flocks on the folder's lock files.
 
         `extract_features` holds it for its whole run, so a second process on
         the same folder waits, then finds the first one's shards and forwards
@@ -239,42 +225,28 @@ class FeatureCache:
         `<folder>/.lock` is held shared and `<folder>/.lock-<scope>`
         exclusively: the workers of one job run side by side, while a whole
         (unscoped) extraction still excludes them all. Re-entrant within one
-        `FeatureCache`; a no-op where `fcntl` is missing (Windows). Call
-        `write_shard` directly only while holding it: the lock holder deletes
-        temporary files that killed runs of its scope left.
+        `FeatureCache`. Call `write_shard` directly only while holding it:
+        the lock holder deletes temporary files that killed runs of its scope
+        left.
         """
-        if self._lock_fd is not None or fcntl is None:
+        if self._locked:
             yield
             return
         os.makedirs(self.path, exist_ok=True)  # In case it was deleted since.
-        fds = []
-        try:
-            fds.append(self._flock(".lock", fcntl.LOCK_SH if scope else fcntl.LOCK_EX))
+        waiting = f"Waiting for another process using the feature cache '{self.path}'."
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(locks.lock(os.path.join(self.path, ".lock"),
+                                           shared=bool(scope),
+                                           waiting_message=waiting))
             if scope:
-                fds.append(self._flock(f".lock-{scope}", fcntl.LOCK_EX))
-            self._lock_fd, self._scope = fds[0], scope
-            yield
-        finally:
-            self._lock_fd, self._scope = None, None
-            for fd in fds:
-                if fd is not None:  # Closing the descriptor releases the flock.
-                    os.close(fd)
-
-    def _flock(self, name, mode):
-        fd = locks.open_lock_file(os.path.join(self.path, name))
-        if fd is None:  # Read-only cache: reading needs no lock.
-            return None
-        try:
-            fcntl.flock(fd, mode | fcntl.LOCK_NB)
-        except OSError:
-            logging.info("Waiting for another process using the feature "
-                         "cache '%s'.", self.path)
+                stack.enter_context(locks.lock(
+                    os.path.join(self.path, f".lock-{scope}"),
+                    waiting_message=waiting))
+            self._locked, self._scope = True, scope
             try:
-                fcntl.flock(fd, mode)
-            except BaseException:
-                os.close(fd)
-                raise
-        return fd
+                yield
+            finally:
+                self._locked, self._scope = False, None
 
     def _tmp_prefix(self):
         return f".tmp-{self._scope}-" if self._scope else ".tmp-"
@@ -396,7 +368,7 @@ class FeatureCache:
                 f"Received: len(ids)={len(ids)}, features.shape={features.shape}")
         dim = int(features.shape[1])
         if self._known_dim() is None:
-            write_json_atomic(os.path.join(self.path, _MANIFEST),
+            atomic.write_json(os.path.join(self.path, _MANIFEST),
                               self._expected_manifest(dim))
             self.feature_dim = dim
         elif dim != self.feature_dim:
@@ -409,15 +381,8 @@ class FeatureCache:
         name = "shard-" + hashlib.sha256(
             "\n".join(ids.tolist()).encode("utf-8")).hexdigest()[:16] + ".npz"
         path = os.path.join(self.path, name)
-        fd, tmp = atomic.mkstemp(self.path, prefix=self._tmp_prefix(),
-                                 suffix=".npz")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, ids=ids, features=stored, checksum=np.array(checksum))
-            os.replace(tmp, path)
-        except BaseException:
-            _drop_files([tmp])
-            raise
+        with atomic.open_atomic(path, "wb", prefix=self._tmp_prefix()) as f:
+            np.savez(f, ids=ids, features=stored, checksum=np.array(checksum))
         return path
 
     def remove_temporary_files(self):

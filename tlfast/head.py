@@ -5,53 +5,11 @@ must not saturate in float16.
 """
 
 import contextlib
-import dataclasses
 
 import keras
 import numpy as np
 
-
-@dataclasses.dataclass(frozen=True)
-class HeadConfig:
-    """Head architecture and training.
-
-    Attributes:
-      hidden_units: Width of an optional hidden ReLU layer (0: none, a linear
-        classifier on the features).
-      dropout: Dropout rate before each Dense layer.
-      learning_rate: Adam learning rate.
-      epochs: Maximum epochs (early stopping usually ends sooner).
-      batch_size: Examples per step.
-      patience: Early-stopping patience in epochs, on validation loss; the
-        best epoch's weights are restored. 0 disables early stopping.
-      label_smoothing: Cross-entropy label smoothing.
-      seed: Seeds the initialisers and dropout.
-    """
-
-    hidden_units: int = 0
-    dropout: float = 0.2
-    learning_rate: float = 3e-3
-    epochs: int = 50
-    batch_size: int = 256
-    patience: int = 10
-    label_smoothing: float = 0.0
-    seed: int = 0
-
-    def __post_init__(self):
-        checks = {
-            "hidden_units": self.hidden_units >= 0,
-            "dropout": 0.0 <= self.dropout < 1.0,
-            "learning_rate": self.learning_rate > 0,
-            "epochs": self.epochs >= 1,
-            "batch_size": self.batch_size >= 1,
-            "patience": self.patience >= 0,
-            "label_smoothing": 0.0 <= self.label_smoothing < 1.0,
-        }
-        for name, ok in checks.items():
-            if not ok:
-                raise ValueError(
-                    f"Invalid head setting {name}. Received: "
-                    f"{name}={getattr(self, name)!r}")
+from tlfast.config import HeadConfig
 
 
 def build_head(feature_dim, num_classes, config=HeadConfig()):
@@ -143,6 +101,12 @@ def _epoch_metrics(model):
     Both reset the metrics at every call, which costs more than a step of a
     small head; inside this block they keep accumulating (sample-weighted),
     so the last call returns the means over all the calls made in it.
+
+    Shadowing a public method on the instance, not public API: the public
+    way (each call's own batch values, weighted by batch size in Python)
+    measured 8% slower where this path runs (`benchmarks/run.py
+    --modes=head` under JAX, 20,000 x 1280 features, batch 256, alternated
+    twice: 78.1k/77.8k against 71.1k/71.8k steady features/s).
     """
     model.reset_metrics()
     model.reset_metrics = lambda: None  # Shadows the method on this instance.

@@ -1,17 +1,39 @@
-"""Lock files for `fcntl.flock`, also on read-only storage.
+"""Every lock tlfast takes: `fcntl.flock` on a lock file, through `lock` or `hold`.
 
-Prepared data, feature caches and pixel caches coordinate processes with
-flock on a lock file beside them. A finished cache on a read-only mount (or
-one owned by another user) must still be readable, so opening the lock file
-falls back from read-write to read-only (flock works on either), and to no
-lock at all when the file cannot even be read.
+Prepared data, feature caches, pixel caches and run folders coordinate
+processes with flock on a lock file beside them:
+
+    with locks.lock(path, waiting_message="Waiting for ..."):   # a block
+        ...
+    locks.hold(path, shared=True)                # the rest of the process
+
+A finished cache on a read-only mount (or one owned by another user) must
+still be readable, so opening the lock file falls back from read-write to
+read-only (flock works on either), and to no lock at all when the file cannot
+even be read. Where flock is missing (Windows) or refused by the file system
+(some NFS and FUSE mounts answer ENOLCK / EOPNOTSUPP), tlfast warns once and
+works unlocked: each file it writes is still renamed into place whole
+(`tlfast.atomic`), so a reader never sees half of one.
 """
 
 import contextlib
+import errno
 import logging
 import os
+import time
+
+try:
+    import fcntl
+except ImportError:  # Windows.
+    fcntl = None
 
 log = logging.getLogger("tlfast")
+
+# flock errors that mean "this file system cannot lock", not "taken".
+_UNSUPPORTED = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
+_warned = []
+# Seconds between attempts while waiting with a timeout.
+_POLL_S = 0.2
 
 
 def open_lock_file(path):
@@ -28,6 +50,79 @@ def open_lock_file(path):
             return os.open(path, os.O_RDONLY)
         except OSError:
             return None
+
+
+def _unsupported(path, error):
+    if not _warned:
+        _warned.append(path)
+        log.warning("File locks are not supported where '%s' lives (%s): "
+                    "working without them. Do not run two tlfast jobs on the "
+                    "same caches or output folder at once.", path, error)
+
+
+def _try(fd, shared, path):
+    """One non-blocking flock attempt: True when taken (or unsupported)."""
+    try:
+        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+                    | fcntl.LOCK_NB)
+        return True
+    except OSError as e:
+        if e.errno in _UNSUPPORTED:
+            _unsupported(path, e)
+            return True
+        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            return False
+        raise
+
+
+def _wait(fd, shared, path, timeout):
+    """Blocks until the flock is taken, or raises TimeoutError after `timeout` s."""
+    if timeout is None:
+        fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+        return
+    deadline = time.monotonic() + timeout
+    while not _try(fd, shared, path):
+        if time.monotonic() >= deadline:
+            raise TimeoutError(
+                f"Waited {timeout:g} s for the lock '{path}', held by another "
+                "process (another tlfast job on the same folder?). Wait for it "
+                "to finish, or stop it.")
+        time.sleep(_POLL_S)
+
+
+@contextlib.contextmanager
+def lock(path, *, shared=False, blocking=True, waiting_message=None,
+         timeout=None):
+    """Holds a flock on the lock file `path` for the block.
+
+    Args:
+      path: The lock file (created when possible; never deleted, as another
+        process may be waiting on it).
+      shared: A shared (reader) lock instead of an exclusive one.
+      blocking: Wait for the lock; False yields False at once when another
+        process holds a conflicting one.
+      waiting_message: Logged once when the lock must be waited for.
+      timeout: With `blocking`, seconds to wait before raising TimeoutError
+        (None: no limit).
+
+    Yields:
+      True when held, and also where there is nothing to lock with (no
+      flock, an unsupported or read-only file system: see the module
+      docstring); False only with `blocking=False` when the lock is taken.
+    """
+    fd = None if fcntl is None else open_lock_file(path)
+    try:
+        if fd is not None and not _try(fd, shared, path):
+            if not blocking:
+                yield False
+                return
+            if waiting_message:
+                log.info(waiting_message)
+            _wait(fd, shared, path, timeout)
+        yield True
+    finally:
+        if fd is not None:
+            os.close(fd)  # Closing the descriptor releases the flock.
 
 
 # Locks this process holds until it exits: path -> file descriptor.
@@ -47,17 +142,12 @@ def hold(path, shared=False):
       True when this process holds the lock; False when another process
       holds a conflicting one or the file cannot be opened.
     """
-    import fcntl  # POSIX only.
-
     if path in _HELD:
         return True
-    fd = open_lock_file(path)
+    fd = None if fcntl is None else open_lock_file(path)
     if fd is None:
         return False
-    try:
-        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
-                    | fcntl.LOCK_NB)
-    except OSError:
+    if not _try(fd, shared, path):
         os.close(fd)
         return False
     _HELD[path] = fd
@@ -69,33 +159,3 @@ def release(path):
     fd = _HELD.pop(path, None)
     if fd is not None:
         os.close(fd)
-
-
-@contextlib.contextmanager
-def exclusive(path, waiting_message, blocking=True):
-    """Holds an exclusive flock on the lock file `path`, waiting for it.
-
-    Logs `waiting_message` when another process holds it and waits, or with
-    `blocking=False` yields False at once. Yields True when held, and also
-    where the file cannot be opened or flock is missing (read-only storage,
-    as `open_lock_file`; Windows): then there is nothing to protect.
-    """
-    try:
-        import fcntl
-    except ImportError:  # Windows.
-        fcntl = None
-    fd = None if fcntl is None else open_lock_file(path)
-    try:
-        if fd is not None:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                if not blocking:
-                    yield False
-                    return
-                log.info(waiting_message)
-                fcntl.flock(fd, fcntl.LOCK_EX)
-        yield True
-    finally:
-        if fd is not None:
-            os.close(fd)

@@ -2,11 +2,17 @@
 
 The same graph pieces serve feature extraction (no head) and the exported
 classifier, so features cached from one are exactly what the other computes.
+
+Importing this module registers every tlfast object a saved model.keras may
+hold (`BackbonePreprocessing`, `Augmentation`, the smoothed loss), so that
+`keras.models.load_model` finds them.
 """
 
 import keras
 
 from tlfast import backbones
+from tlfast import head  # noqa: F401  (registers SmoothedSparseCrossentropy)
+from tlfast.data import augment  # noqa: F401  (registers Augmentation)
 
 
 def _features(image, backbone_model, augmentation, always_augment=False):

@@ -12,19 +12,21 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from tlfast import atomic
+
 STAGE_TITLES = {"head": "head", "fine_tune": "fine-tune"}
 # Beyond this many classes cell counts are unreadable; colours still tell.
 MAX_ANNOTATED_CLASSES = 30
 
 
 def _save(fig, png_path, fit_canvas=False):
-    directory = os.path.dirname(os.path.abspath(png_path))
-    os.makedirs(directory, exist_ok=True)
     FigureCanvasAgg(fig)
     # A "tight" bounding box grows the canvas to fit labels that
     # `tight_layout` could not (long class names), at the price of drawing
     # the figure once more; fixed-size contents do without it.
-    fig.savefig(png_path, dpi=100, bbox_inches="tight" if fit_canvas else None)
+    with atomic.open_atomic(png_path, "wb") as f:
+        fig.savefig(f, format="png", dpi=100,
+                    bbox_inches="tight" if fit_canvas else None)
     return fig
 
 

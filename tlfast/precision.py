@@ -6,7 +6,7 @@ library code reads whatever is in force and keeps classifier outputs float32.
 
 import keras
 
-PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16", "auto")
+from tlfast.config import PRECISIONS
 
 
 def _gpu_compute_capability():
@@ -55,3 +55,30 @@ def resolve_precision(precision):
     if capability is None or capability < (7, 0):
         return "float32"
     return "mixed_bfloat16" if capability >= (8, 0) else "mixed_float16"
+
+
+def check_policy(precision):
+    """The Keras global policy in force, checked against a `precision` setting.
+
+    Only scripts set global state: `tlfast-train` sets the policy from its
+    `--precision`; a library caller of `run_training` sets it itself (or
+    leaves "auto", which trains with the policy in force).
+
+    Args:
+      precision: One of `PRECISIONS`.
+
+    Returns:
+      The policy name in force, e.g. "float32".
+
+    Raises:
+      ValueError: An explicit `precision` that is not the policy in force.
+    """
+    policy = keras.mixed_precision.global_policy().name
+    if precision not in ("auto", policy):
+        raise ValueError(
+            f"precision={precision!r} but the Keras global dtype policy is "
+            f"{policy!r}. Set it before training: keras.mixed_precision."
+            f"set_global_policy(tlfast.resolve_precision({precision!r})) (as "
+            "tlfast-train does), or pass precision='auto' to train with the "
+            f"policy in force. Received: precision={precision!r}")
+    return policy

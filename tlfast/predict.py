@@ -11,142 +11,25 @@ reason, never as a row, so a predictions CSV holds only real predictions.
                                    run.class_names, resize=run.resize)
 """
 
-import contextlib
-import csv
-import dataclasses
 import glob
-import json
 import logging
 import os
 
-import keras
 import numpy as np
 import tensorflow as tf
 
-# Registers tlfast's custom layers, which `load_model` needs.
 from tlfast import atomic
-from tlfast import backbones  # noqa: F401
-from tlfast.data import augment  # noqa: F401
+from tlfast import config
 from tlfast.data import pipeline
 from tlfast.data import scan as scan_lib
 from tlfast.data import sources
 from tlfast.data.sources import FileEntry
 from tlfast.data.sources import Skipped
+from tlfast.run_folder import load_model_run  # noqa: F401  (public here too)
+from tlfast.run_folder import model_image_size
 
 log = logging.getLogger("tlfast")
-DEFAULT_RESIZE = "crop"
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelRun:
-    """A trained model with what is needed to feed it.
-
-    Attributes:
-      model: The `keras.Model`, uint8 [B, S, S, 3] -> float32 [B, C].
-      class_names: C names; output column i is `class_names[i]`.
-      image_size: S, from the model's input shape.
-      resize: How the run made images square ("resize", "crop" or "pad").
-      run_dir: Folder of the model file.
-      run: Contents of `run.json` beside the model, or {} when absent.
-    """
-
-    model: object
-    class_names: tuple
-    image_size: int
-    resize: str
-    run_dir: str
-    run: dict
-
-
-def _read_json(path):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except FileNotFoundError:
-        return {}
-    except ValueError as e:
-        raise ValueError(f"'{path}' is not valid JSON: {e}. Re-run training "
-                         "or remove the file.") from e
-
-
-def read_class_names(run_dir):
-    """Class names of a run: `labels.txt`, else `metrics.json`'s class_names.
-
-    Raises:
-      FileNotFoundError: Neither file names the classes.
-    """
-    labels_path = os.path.join(run_dir, "labels.txt")
-    if os.path.isfile(labels_path):
-        # utf-8-sig: a labels.txt saved by a Windows editor starts with a BOM.
-        with open(labels_path, encoding="utf-8-sig") as f:
-            names = [line.rstrip("\r\n") for line in f]
-        while names and not names[-1]:
-            names.pop()
-        return tuple(names)
-    names = _read_json(os.path.join(run_dir, "metrics.json")).get("class_names")
-    if names:
-        return tuple(names)
-    raise FileNotFoundError(
-        f"No labels.txt (or metrics.json with class_names) beside the model in "
-        f"'{run_dir}'. tlfast-train writes labels.txt next to model.keras: "
-        "copy it there, one class name per line in output order.")
-
-
-def model_image_size(model):
-    """S of a model taking [B, S, S, 3] images.
-
-    Raises:
-      ValueError: The input is not square RGB images of a fixed size.
-    """
-    shape = tuple(model.input_shape)
-    if len(shape) != 4 or shape[3] != 3 or not shape[1] or shape[1] != shape[2]:
-        raise ValueError(
-            "Expected a model taking square RGB images [batch, S, S, 3] of a "
-            f"fixed size S (as tlfast-train writes). Received: input_shape={shape}")
-    return int(shape[1])
-
-
-def load_model_run(model_path):
-    """Loads a model written by training, with its class names and resize mode.
-
-    Args:
-      model_path: `RUN/model.keras`, or the run folder holding it.
-
-    Returns:
-      A `ModelRun`.
-
-    Raises:
-      FileNotFoundError: No model file, or no class names beside it.
-      ValueError: The file is not a loadable Keras model, or its output size
-        differs from the number of class names.
-    """
-    path = os.path.expanduser(os.fspath(model_path))
-    if os.path.isdir(path):
-        path = os.path.join(path, "model.keras")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"Model file not found: '{path}'. Pass the model.keras that "
-            "tlfast-train wrote (--model=RUN/model.keras) or its run folder. "
-            f"Received: model={os.fspath(model_path)!r}")
-    try:
-        model = keras.models.load_model(path, compile=False)
-    except Exception as e:  # Keras raises many kinds for a bad file.
-        raise ValueError(
-            f"Cannot load '{path}' as a Keras model: {type(e).__name__}: {e}. "
-            "Expected a .keras file written by tlfast-train.") from e
-    run_dir = os.path.dirname(os.path.abspath(path))
-    class_names = read_class_names(run_dir)
-    num_outputs = model.output_shape[-1]
-    if num_outputs != len(class_names):
-        raise ValueError(
-            f"The model has {num_outputs} outputs but {len(class_names)} class "
-            f"names were found beside it in '{run_dir}' (labels.txt). They must "
-            f"match. Received: class_names={list(class_names)}")
-    run = _read_json(os.path.join(run_dir, "run.json"))
-    resize = (run.get("resolved", {}).get("resize")
-              or run.get("config", {}).get("resize") or DEFAULT_RESIZE)
-    return ModelRun(model, class_names, model_image_size(model), resize,
-                    run_dir, run)
+DEFAULT_RESIZE = config.DEFAULT_RESIZE
 
 
 def _is_listed(name):
@@ -323,20 +206,60 @@ def write_predictions_csv(path, rows, top_k):
     """
     fields = ["path"] + [f"{kind}_{r}" for r in range(1, top_k + 1)
                          for kind in ("label", "prob")]
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
     # Written beside, then renamed: an interrupted write never leaves a
     # truncated file (or a truncated copy of the previous one).
-    fd, tmp = atomic.mkstemp(directory)
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fields, extrasaction="ignore")
-            writer.writeheader()
-            for row in rows:
-                writer.writerow({key: f"{value:.6f}" if key.startswith("prob_")
-                                 else value for key, value in row.items()})
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
+    def cell(row, key):
+        value = row.get(key, "")
+        return f"{value:.6f}" if isinstance(value, float) else value
+
+    atomic.write_csv(path, fields, ([cell(row, key) for key in fields]
+                                    for row in rows))
+
+
+def write_skipped_csv(path, skipped):
+    """Writes `Skipped` files as CSV (path, reason)."""
+    atomic.write_csv(path, ["path", "reason"],
+                     ((s.path, s.reason) for s in skipped))
+
+
+def run_prediction(config):
+    """`tlfast-predict`: top-k predictions of a run's model, as CSV.
+
+    Writes `config.output` (one row per usable image) and, when files were
+    skipped, `<output>.skipped.csv` with their reasons (a stale one from an
+    earlier call is removed). The run's resize mode and placeholder rule
+    apply unless `config` overrides them.
+
+    Args:
+      config: A `tlfast.config.PredictConfig`.
+
+    Returns:
+      (rows, skipped, skipped_csv or None); see `predict_images`.
+
+    Raises:
+      ValueError: No file is a usable image.
+    """
+    paths = list_image_files(config.images)
+    run = load_model_run(config.model)
+    skip = config.skip_placeholders
+    if skip is None:
+        skip = run.run.setting("skip_placeholders", True)
+    rows, skipped = predict_images(
+        run.model, paths, run.class_names, top_k=config.top_k,
+        batch_size=config.batch_size, resize=config.resize or run.resize,
+        skip_placeholders=skip)
+    for item in skipped:
+        log.warning("skipped: %s: %s", item.path, item.reason)
+    if not rows:
+        raise ValueError(
+            f"None of the {len(paths)} file(s) from '{config.images}' is a "
+            "usable image (reasons above). Received: "
+            f"images={config.images!r}")
+    write_predictions_csv(config.output, rows,
+                          check_top_k(config.top_k, len(run.class_names)))
+    skipped_path = config.output + ".skipped.csv"
+    if skipped:
+        write_skipped_csv(skipped_path, skipped)
+    elif os.path.exists(skipped_path):
+        os.remove(skipped_path)  # From an earlier run; now stale.
+    return rows, skipped, skipped_path if skipped else None

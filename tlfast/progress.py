@@ -8,15 +8,6 @@ import keras
 log = logging.getLogger("tlfast")
 
 
-def configure_script_logging():
-    """Plain progress lines on stderr for the command-line scripts.
-
-    TF's own INFO lines (SavedModel assets, tracing) would drown ours.
-    """
-    logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
-    logging.getLogger("tensorflow").setLevel(logging.WARNING)
-
-
 class Phase:
     """Times one phase and reports its progress.
 

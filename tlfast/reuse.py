@@ -34,8 +34,8 @@ import tensorflow as tf
 import tlfast
 from tlfast import backbones
 from tlfast import features as features_lib
-from tlfast import prepare
-from tlfast import run_outputs
+from tlfast import run_folder
+from tlfast.data import prepare
 from tlfast.data import sources
 
 log = logging.getLogger("tlfast")
@@ -44,10 +44,11 @@ log = logging.getLogger("tlfast")
 RUN_KEY_VERSION = 1
 # Fields that change where or how a run works, never what it writes. (Not
 # ram_budget_mb: it sizes fine-tuning's shuffle buffer.)
+# precision: the policy it resolved to is in the key.
 _NOT_IN_KEY = frozenset({"output_dir", "cache_dir", "feature_shard_size",
-                         "data_service_address", "reuse_outputs"})
+                         "data_service_address", "reuse_outputs", "precision"})
 # Rewritten by every run (metrics.json) or by the one that trains (run.json).
-_UNCHECKED = frozenset({"metrics.json", "run.json"})
+_UNCHECKED = frozenset({run_folder.METRICS, run_folder.RUN_INFO})
 _code_digest = None
 
 
@@ -83,7 +84,7 @@ def _builder_identity(name):
             f"{hashlib.sha256(source.encode()).hexdigest()[:16]}")
 
 
-def run_key(config, spec, size, canonical):
+def run_key(run):
     """The hash of everything a run's outputs depend on, or None.
 
     None where reuse does not apply: random backbone
@@ -92,14 +93,12 @@ def run_key(config, spec, size, canonical):
     compare), or a distributed run (every worker must take part in it).
 
     Args:
-      config: The run's `TrainConfig`.
-      spec: Its `BackboneSpec`.
-      size: The resolved image size.
-      canonical: The canonical augmentation string.
+      run: The `tlfast.resolve.ResolvedRun`.
 
     Returns:
       A hex string, or None.
     """
+    config, spec = run.config, run.spec
     weights = backbones.weights_identity(config.weights, spec.name)
     if (weights == "none" or config.tfds_name
             or not config.data_dir or config.distribution != "none"):
@@ -120,10 +119,10 @@ def run_key(config, spec, size, canonical):
         "config": settings,
         "folder": folder,
         "backbone": [dataclasses.astuple(spec), _builder_identity(spec.name)],
-        "image_size": size,
-        "augment": canonical,
+        "image_size": run.image_size,
+        "augment": run.augment,
         "weights": weights,
-        "policy": keras.mixed_precision.global_policy().name,
+        "policy": run.policy,
         "backend": keras.backend.backend(),
         "versions": [tlfast.__version__, _source_digest(), tf.__version__,
                      keras.__version__, np.__version__,
@@ -175,17 +174,16 @@ def record(key, output_dir, extracted, since_ns):
                                                         extracted.stats)}}
 
 
-def _read_json(path):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
-
-
 def _stale(key, config, run, metrics):
-    """Why the outputs in `config.output_dir` cannot be kept, or None."""
-    if not isinstance(run, dict) or not isinstance(metrics, dict):
+    """Why the outputs in `config.output_dir` cannot be kept, or None.
+
+    Args:
+      key: This run's key.
+      config: This run's `TrainConfig`.
+      run: The folder's run.json, a dict.
+      metrics: Its metrics.json, a dict or None.
+    """
+    if not run or not isinstance(metrics, dict):
         return "no finished run there"
     if run.get("run_key") != key:
         return ("the data, settings, weights or versions differ from its "
@@ -237,23 +235,25 @@ def _reused_metrics(metrics, config):
     }
 
 
-def reuse_outputs(key, config, start):
+def reuse_outputs(key, run, folder, start):
     """Keeps the outputs of an identical earlier run, if they are intact.
 
     Args:
       key: This run's `run_key` (not None).
-      config: The run's `TrainConfig`.
+      run: The `tlfast.resolve.ResolvedRun`.
+      folder: Its `tlfast.run_folder.RunFolder`.
       start: `time.perf_counter()` at the start of the run.
 
     Returns:
       The metrics dict written to metrics.json, or None when the job must
       run (the reason is logged).
     """
-    out = config.output_dir
-    run = _read_json(os.path.join(out, "run.json"))
-    metrics = _read_json(os.path.join(out, "metrics.json"))
+    config, out = run.config, folder.path
+    # Malformed files are not a reason to fail, only to train.
+    recorded = folder.read_run_info(strict=False).raw
+    metrics = folder.read_metrics(strict=False)
     try:
-        why = _stale(key, config, run, metrics)
+        why = _stale(key, config, recorded, metrics)
         if not why:
             updated = _reused_metrics(metrics, config)
             skipped = [sources.Skipped(s["path"], s["reason"])
@@ -262,7 +262,7 @@ def reuse_outputs(key, config, start):
         # Edited or foreign files: never a reason to fail, only to train.
         why = f"its run.json or metrics.json is not as tlfast wrote it ({e!r})"
     if why:
-        if run is not None:
+        if recorded:
             log.info("Training anew in %s: %s.", out, why)
         return None
     log.info("%s holds the outputs of an identical run (same data, settings, "
@@ -272,7 +272,7 @@ def reuse_outputs(key, config, start):
     metrics = updated
     seconds = round(time.perf_counter() - start, 3)
     metrics["timings_s"] = {"reuse_check": seconds, "total": seconds}
-    run_outputs.write_json(os.path.join(out, "metrics.json"), metrics)
+    folder.write_metrics(metrics)
     log.info("val_accuracy=%.4f  feature_cache=hit  forwarded=0  total=%.1fs "
              "(outputs reused)", metrics["val_accuracy"], seconds)
     return metrics

@@ -4,10 +4,10 @@ import dataclasses
 import logging
 import os
 
-from tlfast import prepare
+from tlfast import run_folder
 from tlfast.data import examples as examples_lib
+from tlfast.data import prepare
 from tlfast.data import sources
-from tlfast.data import split as split_lib
 from tlfast.progress import Phase
 
 log = logging.getLogger("tlfast")
@@ -18,8 +18,8 @@ class TrainingData:
     """The two example sets of a run and what is known about them."""
 
     class_names: tuple
-    train: object  # `tlfast.data.examples.FileExamples` or `TfdsExamples`.
-    validation: object
+    train: examples_lib.Examples
+    validation: examples_lib.Examples
     skipped: tuple = ()
     presplit: bool = False
     scan_cached: int = 0
@@ -28,12 +28,22 @@ class TrainingData:
     prepared_tfds: dict = None
 
 
-def load_data(config, size, timings):
-    """Scans and splits a folder, or opens a TFDS dataset's splits."""
+def load_data(run, folder, timings):
+    """Scans and splits a folder, or opens a TFDS dataset's splits.
+
+    Args:
+      run: The `tlfast.resolve.ResolvedRun`.
+      folder: Its `tlfast.run_folder.RunFolder` (split.csv goes there).
+      timings: Phase timings to add to.
+
+    Returns:
+      A `TrainingData`.
+    """
+    config, size = run.config, run.image_size
     if config.tfds_name:
         return load_tfds_data(config, size, timings)
     if config.prepare_tfds:
-        return load_prepared_data(config, size, timings)
+        return load_prepared_data(config, size, folder, timings)
     with Phase("scan", timings=timings) as phase:
         data = prepare.prepare_folder(
             config.data_dir, validation_split=config.validation_split,
@@ -42,19 +52,18 @@ def load_data(config, size, timings):
             skip_placeholders=config.skip_placeholders,
             progress=lambda done, total: phase.update(done, total))
     prepare.log_skipped(data.skipped)
-    split_lib.write_split(os.path.join(config.output_dir, "split.csv"),
-                          {"train": data.train, "validation": data.validation},
-                          data.class_names)
+    folder.write_split({"train": data.train, "validation": data.validation},
+                       data.class_names)
     return TrainingData(
         data.class_names,
         examples_lib.FileExamples(data.train, size, config.resize,
                                   config.data_service_address),
         examples_lib.FileExamples(data.validation, size, config.resize,
                                   config.data_service_address),
-        data.skipped, data.presplit, data.scan_cached, "split.csv")
+        data.skipped, data.presplit, data.scan_cached, run_folder.SPLIT)
 
 
-def load_prepared_data(config, size, timings):
+def load_prepared_data(config, size, folder, timings):
     """A folder read through the tlfast_image_folder TFDS builder."""
     cache_dir = os.path.expanduser(config.cache_dir)
     with Phase("prepare", timings=timings) as phase:
@@ -71,28 +80,19 @@ def load_prepared_data(config, size, timings):
             skip_placeholders=config.skip_placeholders,
             progress=lambda done, total: phase.update(done, total))
     prepare.log_skipped(prepared.skipped)
-    sets, entries = {}, {}
-    for split in ("train", "validation"):
-        sets[split] = folder_builder.prepared_examples(
-            prepared, split, size, config.resize, config.data_service_address)
-        ids, labels = prepared.index[split]
-        # FileEntry views of the records, for the split file and evaluation.
-        # Ids are "relpath|size|mtime": a file name may hold "|" too.
-        entries[split] = [
-            sources.FileEntry(os.path.join(prepared.root, relpath), relpath,
-                              int(label))
-            for relpath, label in ((i.rsplit("|", 2)[0], label)
-                                   for i, label in zip(ids, labels))]
-        sets[split].entries = entries[split]
-    split_lib.write_split(os.path.join(config.output_dir, "split.csv"),
-                          entries, prepared.class_names)
+    sets = {split: folder_builder.prepared_examples(
+                prepared, split, size, config.resize,
+                config.data_service_address)
+            for split in ("train", "validation")}
+    folder.write_split({k: v.entries for k, v in sets.items()},
+                       prepared.class_names)
     # A reuse scans nothing; a preparation may resume an interrupted scan.
     scan_cached = 0 if prepared.reused else int(
         prepared.builder.info.metadata.get("scan_cached", 0))
     return TrainingData(
         prepared.class_names, sets["train"], sets["validation"],
         prepared.skipped, bool(prepared.builder.info.metadata.get("presplit")),
-        scan_cached, "split.csv", prepared_tfds={"data_dir": prepared.data_dir,
+        scan_cached, run_folder.SPLIT, prepared_tfds={"data_dir": prepared.data_dir,
                                        "reused": prepared.reused,
                                        "fingerprint": prepared.fingerprint})
 

@@ -16,7 +16,9 @@ import hashlib
 
 import keras
 
-from tlfast.errors import suggest
+from tlfast.data.augment_spec import PRESETS  # noqa: F401  (public here too)
+from tlfast.data.augment_spec import canonical_spec  # noqa: F401
+from tlfast.data.augment_spec import parse_augmentation
 
 # Part of the feature-cache key of augmented views: bump it whenever the
 # pixels a view gets for the same spec and seed change. 2: views really are
@@ -24,9 +26,8 @@ from tlfast.errors import suggest
 # features) and their seeds no longer overlap.
 VIEW_VERSION = 2
 
-# Strength meanings follow the Keras layers: rotation is a fraction of a full
-# turn, zoom / translation fractions of the side, contrast / brightness
-# fractions of the value range.
+# Layer builders, one per op of `augment_spec.DEFAULT_STRENGTH` (a test
+# checks that the two name the same ops).
 OPS = {
     "flip": lambda s, seed, name: keras.layers.RandomFlip(
         "horizontal", seed=seed, name=name),
@@ -43,67 +44,6 @@ OPS = {
     "brightness": lambda s, seed, name: keras.layers.RandomBrightness(
         s, value_range=(0, 255), seed=seed, name=name),
 }
-DEFAULT_STRENGTH = {"flip": None, "flip_vertical": None, "rotation": 0.05,
-                    "zoom": 0.1, "translation": 0.1, "contrast": 0.2,
-                    "brightness": 0.2}
-PRESETS = {
-    "none": (),
-    "flip": ("flip",),
-    "light": ("flip", "rotation:0.03", "zoom:0.05"),
-    "standard": ("flip", "rotation:0.05", "zoom:0.1", "translation:0.1",
-                 "contrast:0.1"),
-    # The seed recipe's ImageDataGenerator: rotation 20 degrees, shifts and
-    # zoom 0.2, horizontal flip (shear has no Keras layer; zoom stands in).
-    "seed_recipe": ("flip", f"rotation:{20 / 360:.4f}", "zoom:0.2",
-                    "translation:0.2"),
-    "strong": ("flip", "rotation:0.1", "zoom:0.2", "translation:0.15",
-               "contrast:0.3", "brightness:0.2"),
-}
-
-
-def parse_augmentation(spec):
-    """Normalises a spec to a tuple of (op, strength) pairs.
-
-    Args:
-      spec: None, a preset name, a comma-separated string of ops, or a list
-        of ops ("op" or "op:strength").
-
-    Raises:
-      ValueError: Unknown op or preset, or a bad strength.
-    """
-    if spec is None:
-        return ()
-    if isinstance(spec, str):
-        spec = spec.strip()
-        if spec in PRESETS:
-            return parse_augmentation(list(PRESETS[spec]))
-        spec = [part for part in spec.split(",") if part.strip()]
-    out = []
-    for item in spec:
-        name, _, value = str(item).strip().partition(":")
-        name = name.strip()
-        if name not in OPS:
-            raise ValueError(
-                f"Unknown augmentation op '{name}'.{suggest(name, OPS)} "
-                f"Expected a preset ({', '.join(PRESETS)}) or ops from "
-                f"{', '.join(OPS)}, each optionally 'op:strength'. "
-                f"Received: augment={item!r}")
-        strength = DEFAULT_STRENGTH[name]
-        if value:
-            if strength is None:
-                raise ValueError(
-                    f"Augmentation op '{name}' takes no strength. "
-                    f"Received: augment={item!r}")
-            try:
-                strength = float(value)
-            except ValueError:
-                strength = -1.0
-            if not 0.0 < strength <= 1.0:
-                raise ValueError(
-                    f"Augmentation strength must be a number in (0, 1]. "
-                    f"Received: augment={item!r}")
-        out.append((name, strength))
-    return tuple(out)
 
 
 @keras.saving.register_keras_serializable(package="tlfast")
@@ -150,11 +90,6 @@ class Augmentation(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "spec": self.spec, "seed": self.seed,
                 "always": self.always}
-
-
-def canonical_spec(spec):
-    """The normalised string form of a spec, e.g. "flip,zoom:0.1"."""
-    return ",".join(f"{op}:{s}" if s else op for op, s in parse_augmentation(spec))
 
 
 def make_augmentation(spec, seed=None, always=False):

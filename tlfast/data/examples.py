@@ -1,25 +1,62 @@
 """Example sets: what training needs of a split, whatever the source.
 
-A folder split (scanned `FileEntry`s) and a TFDS split offer the same four
-things: stable per-example ids (the feature-cache keys), integer labels,
-batched uint8 images for any subset (feature extraction), and the full
-cached/shuffled pixel pipeline (fine-tuning). Both decode through
+A folder split (scanned `FileEntry`s), a prepared folder's split
+(`tlfast.data.folder_builder.PreparedExamples`) and a TFDS split offer the
+same things, the `Examples` protocol: stable per-example ids (the
+feature-cache keys), integer labels, batched uint8 images for any subset
+(feature extraction), the full cached/shuffled pixel pipeline (fine-tuning),
+and the files behind them where there are files. All decode through
 `pipeline.decode_image`, so a TFDS image and the same file on disk give the
 same pixels.
 """
 
 import hashlib
+from typing import Protocol
+from typing import Sequence
 
 import numpy as np
 import tensorflow as tf
 
+from tlfast.config import DEFAULT_RESIZE
 from tlfast.data import pipeline
+from tlfast.data import sources
+
+
+class Examples(Protocol):
+    """One split of a run's data, as training wants it.
+
+    Attributes:
+      entries: The split's `FileEntry`s (paths, relpaths, labels), in the
+        order of `ids`; None where the examples are not files (a TFDS
+        dataset): evaluation from pixels and exports then have no images.
+    """
+
+    entries: Sequence[sources.FileEntry] | None
+
+    def __len__(self) -> int:
+        """Number of examples N."""
+
+    @property
+    def ids(self) -> list:
+        """N stable content ids (str), the feature-cache keys."""
+
+    @property
+    def labels(self) -> np.ndarray:
+        """int32 [N] labels."""
+
+    def batched(self, indices, batch_size) -> tf.data.Dataset:
+        """{"image": uint8 [B, S, S, 3], "label": int32 [B], "index": [B]}
+        for the examples at `indices` (sorted), "index" saying which."""
+
+    def pixels(self, config, *, training) -> tf.data.Dataset:
+        """The whole split through `pipeline.finish` (cached, shuffled when
+        training, batched) for a `pipeline.PipelineConfig`."""
 
 
 class FileExamples:
-    """Scanned image files of one split."""
+    """Scanned image files of one split (an `Examples`)."""
 
-    def __init__(self, entries, image_size, resize="crop", service=None):
+    def __init__(self, entries, image_size, resize=DEFAULT_RESIZE, service=None):
         self.entries = list(entries)
         self.image_size, self.resize = image_size, resize
         # tf.data service address: decoding then runs on its workers.
@@ -39,9 +76,7 @@ class FileExamples:
 
     @property
     def ids(self):
-        from tlfast import features
-
-        return [features.example_id(entry) for entry in self.entries]
+        return [sources.example_id(entry) for entry in self.entries]
 
     @property
     def labels(self):
@@ -65,17 +100,17 @@ class FileExamples:
 
 
 class TfdsExamples:
-    """One split of a TFDS image-classification dataset.
+    """One split of a TFDS image-classification dataset (an `Examples`).
 
     Images are read still encoded (`SkipDecoding`) and decoded by tlfast's own
     decoder; labels are read once up front (cheap: no image is decoded).
     """
 
-    def __init__(self, name, split, data_dir=None, image_size=224,
-                 resize="crop", download=True):
-        import tensorflow_datasets as tfds
+    entries = None  # Records of a dataset, not files.
 
-        from tlfast.data import sources
+    def __init__(self, name, split, data_dir=None, image_size=224,
+                 resize=DEFAULT_RESIZE, download=True):
+        import tensorflow_datasets as tfds
 
         self.name, self.split = name, split
         self.image_size, self.resize = image_size, resize

@@ -1,7 +1,7 @@
 """Prepare an image folder once as a TFDS dataset, then read it fast.
 
 `prepare_image_folder` scans and splits a folder with the same rules as
-`tlfast.prepare.prepare_folder` and writes the usable images, still encoded,
+`tlfast.data.prepare.prepare_folder` and writes the usable images, still encoded,
 as TFDS records under
 
     <data_root>/tlfast_image_folder/<folder name>_<fingerprint>/1.0.0/
@@ -26,7 +26,9 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from tlfast import atomic
 from tlfast import locks
+from tlfast.config import DEFAULT_RESIZE
 from tlfast.data import pipeline
 from tlfast.data import scan as scan_lib
 from tlfast.data import sources
@@ -158,8 +160,8 @@ def _remove_replaced(dataset_dir, config):
         # This process has moved on to the new preparation: its own shared
         # lock on the old one must not keep it.
         locks.release(path + ".use")
-        with locks.exclusive(path + ".lock", "", blocking=False) as preparing, \
-                locks.exclusive(path + ".use", "", blocking=False) as unused:
+        with locks.lock(path + ".lock", blocking=False) as preparing, \
+                locks.lock(path + ".use", blocking=False) as unused:
             if not (preparing and unused):
                 # Another process is reading or (re)preparing it; a later
                 # run removes it.
@@ -204,8 +206,7 @@ def _load_index(builder, fingerprint):
         pass
     index = _read_index(builder)
     try:
-        scan_lib.write_json_atomic(path, {"fingerprint": fingerprint,
-                                          "splits": index})
+        atomic.write_json(path, {"fingerprint": fingerprint, "splits": index})
     except OSError as e:  # A read-only copy still works, a little slower.
         log.warning("Cannot write the prepared data's index '%s': %s", path, e)
     return index
@@ -237,7 +238,7 @@ def prepare_image_folder(data_dir, *, data_root, validation_split=0.2, seed=0,
 
     Raises:
       FileNotFoundError: No such folder.
-      ValueError: Unusable folder (see `tlfast.prepare.prepare_folder`).
+      ValueError: Unusable folder (see `tlfast.data.prepare.prepare_folder`).
       tlfast.data.scan.BadImagesError: Bad files with `strict=True`.
     """
     config = folder_config(data_dir, validation_split=validation_split,
@@ -255,8 +256,8 @@ def prepare_image_folder(data_dir, *, data_root, validation_split=0.2, seed=0,
     lock_path = os.path.join(dataset_dir, config.name + ".lock")
     # Two processes preparing the same folder take turns: the second one
     # then reuses what the first wrote.
-    with locks.exclusive(lock_path, "Waiting for another process preparing "
-                         f"the same folder (lock {lock_path})"):
+    with locks.lock(lock_path, waiting_message="Waiting for another process "
+                    f"preparing the same folder (lock {lock_path})"):
         # Built under the lock: a builder made before another process
         # finished would not see its data.
         builder = TlfastImageFolder(config=config, data_dir=data_root,
@@ -315,15 +316,15 @@ def prepare_image_folder(data_dir, *, data_root, validation_split=0.2, seed=0,
 
 
 class PreparedExamples:
-    """One split of a prepared folder, as training wants it.
+    """One split of a prepared folder (a `tlfast.data.examples.Examples`).
 
-    The interface of `tlfast.data.examples.TfdsExamples`; images are read
+    Images are read
     still encoded and decoded by `pipeline.decode_image`, so they equal the
     pixels of the original files. Ids are the files' content ids, the same
     as `FileExamples` gives, so both share the feature cache.
     """
 
-    def __init__(self, prepared, split, image_size=224, resize="crop",
+    def __init__(self, prepared, split, image_size=224, resize=DEFAULT_RESIZE,
                  service=None):
         if split not in prepared.splits:
             raise ValueError(
@@ -344,6 +345,16 @@ class PreparedExamples:
     @property
     def ids(self):
         return list(self._ids)
+
+    @property
+    def entries(self):
+        """`FileEntry`s of the records' files, for split files and evaluation."""
+        # Ids are "relpath|size|mtime": a file name may hold "|" too.
+        return [sources.FileEntry(os.path.join(self.prepared.root, relpath),
+                                  relpath, int(label))
+                for relpath, label in ((i.rsplit("|", 2)[0], label)
+                                       for i, label in zip(self._ids,
+                                                           self.labels))]
 
     def records(self, check_count=True):
         """The split's records in order, images still encoded.
@@ -471,7 +482,7 @@ def _decode_record(example, image_size, resize, keep=()):
     return element
 
 
-def decode_records(records, image_size, resize="crop"):
+def decode_records(records, image_size, resize=DEFAULT_RESIZE):
     """Decodes prepared records to pipeline elements, in parallel, in order.
 
     Args:
@@ -488,7 +499,7 @@ def decode_records(records, image_size, resize="crop"):
                        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
-def prepared_examples(prepared, split, image_size=224, resize="crop",
+def prepared_examples(prepared, split, image_size=224, resize=DEFAULT_RESIZE,
                       service=None):
     """A `PreparedExamples` of one split ("train", "validation" or "test").
 

@@ -16,8 +16,9 @@ import os
 import tensorflow as tf
 
 from tlfast import locks
+from tlfast.config import DEFAULT_RESIZE
+from tlfast.config import RESIZE_MODES
 
-RESIZE_MODES = ("resize", "crop", "pad")
 CACHE_MODES = ("auto", "memory", "disk", "none")
 
 
@@ -39,7 +40,7 @@ class PipelineConfig:
 
     image_size: int = 224
     batch_size: int = 32
-    resize: str = "resize"
+    resize: str = DEFAULT_RESIZE
     cache: str = "auto"
     ram_budget_mb: int = 2048
     cache_dir: str = None
@@ -72,7 +73,7 @@ class PipelineConfig:
         return self.image_size * self.image_size * 3
 
 
-def resize_image(image, image_size, mode="resize"):
+def resize_image(image, image_size, mode=DEFAULT_RESIZE):
     """Resizes one decoded image to a square uint8 image.
 
     Args:
@@ -149,7 +150,7 @@ def _decode_other(data):
                                    expand_animations=False))
 
 
-def decode_image(data, image_size, mode="resize"):
+def decode_image(data, image_size, mode=DEFAULT_RESIZE):
     """Decodes JPEG/PNG/GIF/BMP/WebP bytes (format from the header) to uint8.
 
     Grayscale, RGBA, CMYK and 16-bit images all become RGB uint8; an animated
@@ -177,7 +178,8 @@ def decode_image(data, image_size, mode="resize"):
     return tf.ensure_shape(image, (image_size, image_size, 3))
 
 
-def files_dataset(entries, image_size, resize="resize", indices=None):
+def files_dataset(entries, image_size, resize=DEFAULT_RESIZE,
+                  indices=None):
     """Decoded, unbatched, uncached elements for a list of files.
 
     Args:

@@ -20,12 +20,10 @@ import numpy as np
 import tensorflow as tf
 
 from tlfast import atomic
+from tlfast.config import DEFAULT_MAX_PIXELS
 from tlfast.data import pipeline
 from tlfast.data.sources import Skipped
 
-# PIL's decompression-bomb limit: a forged header must not make us allocate
-# gigabytes before we notice.
-DEFAULT_MAX_PIXELS = 89_478_485
 # 2: alpha WebP decoded (was "corrupt"); palette BMP and animated WebP
 # refused with their reasons (the first decoded wrongly).
 SCAN_CACHE_VERSION = 2
@@ -263,21 +261,6 @@ def _load_cache(path):
     return data.get("files", {})
 
 
-def write_json_atomic(path, obj):
-    """Writes JSON so that no reader ever sees a half-written file."""
-    directory = os.path.dirname(path) or "."
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = atomic.mkstemp(directory, suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1, sort_keys=True)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def scan_files(entries, *, root=None, cache_dir=None, max_pixels=DEFAULT_MAX_PIXELS,
                skip_placeholders=True, strict=False, num_workers=None,
                progress=None):
@@ -325,7 +308,7 @@ def scan_files(entries, *, root=None, cache_dir=None, max_pixels=DEFAULT_MAX_PIX
         merged = {k: v for k, v in known.items() if k not in files}
         merged.update(files)
         try:
-            write_json_atomic(cache_path,
+            atomic.write_json(cache_path,
                               {"version": SCAN_CACHE_VERSION, "files": merged})
         except OSError as e:
             raise OSError(

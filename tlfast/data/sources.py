@@ -40,6 +40,23 @@ class FileEntry:
     label: int
 
 
+def content_id(path, relpath):
+    """Content identity of a file: "relpath|size|mtime_ns".
+
+    The feature-cache key of an example: an edited file gets a new id, so
+    its feature is recomputed; a prepared dataset stores the same id per
+    record, so records and loose files share the cache. `pathlib`, not
+    `os`: the TFDS builder calls it, and TFDS's builder tests forbid `os`.
+    """
+    st = Path(path).stat()
+    return f"{relpath}|{st.st_size}|{st.st_mtime_ns}"
+
+
+def example_id(entry):
+    """`content_id` of a `FileEntry`."""
+    return content_id(entry.path, entry.relpath)
+
+
 @dataclasses.dataclass(frozen=True)
 class Skipped:
     """A file that is not used, and why."""

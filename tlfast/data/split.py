@@ -85,17 +85,9 @@ def write_split(path, splits, class_names):
 
     Written atomically; the file is enough to reproduce a run's split.
     """
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = atomic.mkstemp(directory, suffix=".csv")
-    with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["split", "label", "class", "relpath"])
-        for name, entries in splits.items():
-            for entry in entries:
-                writer.writerow(
-                    [name, entry.label, class_names[entry.label], entry.relpath])
-    os.replace(tmp, path)
+    atomic.write_csv(path, ["split", "label", "class", "relpath"], (
+        [name, entry.label, class_names[entry.label], entry.relpath]
+        for name, entries in splits.items() for entry in entries))
 
 
 def read_split(path):

@@ -25,8 +25,9 @@ from absl import logging
 from etils import epath
 import tensorflow_datasets as tfds
 
-from tlfast import prepare
+from tlfast.data import prepare
 from tlfast.data import scan as scan_lib
+from tlfast.data import sources
 
 
 @dataclasses.dataclass(eq=False)
@@ -67,16 +68,6 @@ def settings_of(config):
                 int(config.max_pixels)]
     # Only when not the default: earlier preparations keep their settings.
     return settings if config.skip_placeholders else settings + [0]
-
-
-def content_id(path, relpath):
-    """The file's content id, as `FileExamples.ids` spells it.
-
-    Equal ids let a prepared dataset and the folder share the feature cache.
-    `pathlib` rather than `os`: TFDS's builder tests forbid `os` in here.
-    """
-    st = pathlib.Path(path).stat()
-    return f"{relpath}|{st.st_size}|{st.st_mtime_ns}"
 
 
 class TlfastImageFolder(tfds.core.GeneratorBasedBuilder):
@@ -157,7 +148,7 @@ class TlfastImageFolder(tfds.core.GeneratorBasedBuilder):
         for entry in entries:
             try:
                 image = pathlib.Path(entry.path).read_bytes()
-                identity = content_id(entry.path, entry.relpath)
+                identity = sources.content_id(entry.path, entry.relpath)
             except OSError as e:
                 # Gone since the scan: the folder's fingerprint changed too,
                 # so the next run prepares it again.
