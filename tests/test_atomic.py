@@ -79,3 +79,20 @@ def test_no_module_but_atomic_opens_an_output_for_writing():
             text = open(path, encoding="utf-8").read()
             offenders += [f"{path}: {m.group(0)}" for m in pattern.finditer(text)]
     assert not offenders
+
+
+@pytest.mark.parametrize("name", ["=HYPERLINK(\"http://x\")", "+1", "-rm", "@SUM(A1)"])
+def test_csv_cells_that_spreadsheets_run_are_neutralised(tmp_path, name):
+    atomic.write_csv(str(tmp_path / "a.csv"), ["path", "p"], [[name, -0.5]])
+    rows = list(csv.reader(open(tmp_path / "a.csv", encoding="utf-8")))
+    assert rows[1] == ["'" + name, "-0.5"]  # Numbers stay numbers.
+    assert atomic.csv_value(rows[1][0]) == name
+
+
+def test_split_files_round_trip_names_that_look_like_formulas(tmp_path):
+    from tlfast.data.sources import FileEntry
+
+    entries = [FileEntry("/d/=a/-1.jpg", "=a/-1.jpg", 0)]
+    split.write_split(str(tmp_path / "split.csv"), {"train": entries}, ["=a"])
+    assert split.read_split(str(tmp_path / "split.csv")) == {
+        "train": [("=a/-1.jpg", 0)]}

@@ -260,3 +260,20 @@ def test_model_class_order_and_subsets_are_mapped_by_name(setup, tmp_path):
     assert sorted({run.class_names[e.label] for e in entries}) == list(CLASSES[1:])
     report = evaluate.evaluate_model(run.model, entries, run.class_names, None)
     assert report["num_examples"] == 4
+
+
+def test_evaluating_after_the_training_folder_moved(setup, tmp_path):
+    import shutil
+
+    run, data_dir = setup
+    run_dir = tmp_path / "run"
+    shutil.copytree(run.run_dir, run_dir)
+    info = json.loads((run_dir / "run.json").read_text())
+    info["config"]["data_dir"] = str(tmp_path / "moved_away")
+    (run_dir / "run.json").write_text(json.dumps(info))
+    from tlfast import config
+
+    report = evaluate.run_evaluation(config.EvaluateConfig(
+        model=str(run_dir), data_dir=str(data_dir),
+        output_dir=str(tmp_path / "eval")))
+    assert report["num_examples"] > 0

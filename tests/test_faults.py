@@ -81,21 +81,22 @@ def add_every_bad_kind(class_dir):
         "gray.png": None, "rgba.png": None, "one_pixel.png": "too small",
         "bomb.png": "too large", ".DS_Store": "operating-system metadata",
         "Thumbs.db": "operating-system metadata",
-        "unreadable.jpg": "cannot read file", "loop.jpg": "cannot read file",
+        "unreadable.jpg": "cannot read file",
+        "loop.jpg": "broken symbolic link",
     }
 
 
 @pytest.fixture
 def deny_unreadable(monkeypatch):
     """Makes 'unreadable.jpg' unreadable, even for root (who ignores chmod)."""
-    real_open = open
+    real_open = os.open
 
     def fake_open(path, *args, **kwargs):
         if str(path).endswith("unreadable.jpg"):
             raise PermissionError(13, "Permission denied", str(path))
         return real_open(path, *args, **kwargs)
 
-    monkeypatch.setattr(scan, "open", fake_open, raising=False)
+    monkeypatch.setattr(os, "open", fake_open)
 
 
 @pytest.fixture
@@ -350,3 +351,29 @@ def test_bad_flag_values(tiny, change, match):
     with pytest.raises(ValueError, match=match) as info:
         resolve.resolve(dataclasses.replace(tiny, **change))
     assert "\n" not in str(info.value).strip()
+
+
+# --- A folder assembled by someone hostile (scripts/hostile_folder.py). ---
+
+def test_hostile_files_are_skipped_and_uncommon_photos_used(tmp_path):
+    sys.path.insert(0, os.path.join(REPO, "scripts"))
+    try:
+        import hostile_folder
+    finally:
+        sys.path.pop(0)
+    register_tiny_backbone()
+    root = make_folder(tmp_path / "data", {"ants": 8, "bees": 8}, size=(40, 40))
+    # A bomb made small for the test: 5 frames of 200x200 against a limit
+    # of 4 frames' pixels (the default limit stands in scripts/).
+    hostile = hostile_folder.add_hostile_files(
+        str(root / "ants"), str(tmp_path / "outside"), bomb_frames=5,
+        bomb_side=200)
+    uncommon = hostile_folder.add_uncommon_photos(str(root / "ants"))
+    config = tiny_train_config(tmp_path, root, max_pixels=4 * 200 * 200)
+    keras.utils.set_random_seed(0)
+    metrics = training.run_training(config)
+    skipped = {os.path.basename(s["path"]): s["reason"]
+               for s in metrics["skipped"]}
+    for name, fragment in hostile.items():
+        assert fragment in skipped.get(name, ""), (name, skipped.get(name))
+    assert metrics["num_train"] + metrics["num_val"] == 16 + len(uncommon)

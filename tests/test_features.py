@@ -105,7 +105,8 @@ def test_digest_is_stable_and_covers_every_field():
     assert key.digest() == _key(view=1, augment="flip", seed=3).digest()
     changes = dict(backbone="other", weights="sha256:0123", image_size=32,
                    resize="crop", preprocessing="caffe", precision="mixed_float16",
-                   view=2, augment="rotate", seed=4, dtype="float32")
+                   view=2, augment="rotate", seed=4, dtype="float32",
+                   source="/data/photos")
     assert set(changes) == {f.name for f in dataclasses.fields(ft.FeatureKey)}
     digests = {key.digest()}
     for name, value in changes.items():
@@ -303,14 +304,12 @@ def test_a_failure_of_the_moment_keeps_the_shard(tmp_path, backbone,
 @pytest.mark.parametrize("manifest", [
     lambda m: {**m, "key": {**m["key"], "precision": "float64"}},
     lambda m: {**m, "format_version": m["format_version"] + 1},
-    None,  # Unreadable.
+    lambda m: {"key": m["key"]},
 ])
 def test_mismatched_manifest_is_never_used(tmp_path, backbone, caplog, manifest):
     _extract(tmp_path, backbone)
     path = tmp_path / "cache" / "features" / _key().digest() / "manifest.json"
-    text = "{not json" if manifest is None else json.dumps(
-        manifest(json.loads(path.read_text())))
-    path.write_text(text)
+    path.write_text(json.dumps(manifest(json.loads(path.read_text()))))
     with caplog.at_level(logging.WARNING):
         cache = ft.FeatureCache(tmp_path / "cache", _key())
     assert "Not using the feature cache" in caplog.text
@@ -492,3 +491,29 @@ def test_a_complete_cache_is_read_from_read_only_storage(tmp_path, backbone,
     features, stats = _extract(tmp_path, backbone, images=images)
     assert stats.forwarded == 0
     np.testing.assert_array_equal(features, expected)
+
+
+@pytest.mark.parametrize("error,text", [
+    (OSError(errno.EMFILE, "Too many open files"), None),
+    (OSError(errno.EIO, "Input/output error"), None),
+    (None, "{not json"),
+])
+def test_an_unreadable_manifest_deletes_nothing(tmp_path, backbone, monkeypatch,
+                                                error, text):
+    _extract(tmp_path, backbone)
+    shards = _shards(tmp_path)
+    path = tmp_path / "cache" / "features" / _key().digest() / "manifest.json"
+    if text:
+        path.write_text(text)
+    else:
+        real_open = open
+
+        def failing_open(name, *args, **kwargs):
+            if str(name).endswith("manifest.json"):
+                raise error
+            return real_open(name, *args, **kwargs)
+        monkeypatch.setattr("builtins.open", failing_open)
+    with pytest.raises((OSError, ValueError), match="manifest"):
+        ft.FeatureCache(tmp_path / "cache", _key())
+    monkeypatch.undo()
+    assert _shards(tmp_path) == shards

@@ -299,5 +299,37 @@ def test_a_file_gone_since_the_scan_is_left_out_of_the_records(tmp_path):
     root = make_folder(tmp_path / "d", {"a": 2, "b": 1})
     entries = sources.list_image_folder(root).splits["all"]
     os.remove(entries[1].path)
-    written = list(b.TlfastImageFolder._generate_examples(None, entries))
+    written = list(b.TlfastImageFolder._generate_examples(None, entries, 10**6))
     assert [key for key, _ in written] == [entries[0].relpath, entries[2].relpath]
+
+
+def test_a_reader_marks_the_preparation_in_use_before_letting_go_of_it(
+        junk_folder, tmp_path, monkeypatch):
+    # Between releasing ".lock" and holding ".use" another process could
+    # find the preparation free and delete it: the reader's ".use" hold must
+    # be taken while it still holds ".lock".
+    from tlfast import locks
+
+    seen = []
+    real_hold = locks.hold
+
+    def hold(path, shared=False):
+        if path.endswith(".use"):
+            with locks.lock(path[:-len(".use")] + ".lock",
+                            blocking=False) as free:
+                seen.append(free)
+        return real_hold(path, shared)
+
+    monkeypatch.setattr(folder_builder.locks, "hold", hold)
+    _prepare(junk_folder, tmp_path)
+    _prepare(junk_folder, tmp_path)  # A reuse too.
+    assert seen == [False, False]
+
+
+def test_lock_files_of_a_removed_preparation_stay(junk_folder, tmp_path):
+    first = _prepare(junk_folder, tmp_path)
+    write_image(junk_folder / "cats" / "added.jpg")
+    _prepare(junk_folder, tmp_path)
+    assert not os.path.exists(first.data_dir)
+    base = os.path.dirname(first.data_dir)
+    assert os.path.exists(base + ".lock") and os.path.exists(base + ".use")

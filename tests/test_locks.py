@@ -43,13 +43,18 @@ def test_waiting_is_said_and_a_timeout_is_a_clear_error(tmp_path, caplog):
         os.close(fd)
 
 
-def test_a_file_system_without_flock_works_unlocked(tmp_path, monkeypatch,
+def test_a_file_system_without_flock_says_how_to_go_on(tmp_path, monkeypatch,
                                                       caplog):
     def no_locks(fd, mode):
         raise OSError(errno.ENOLCK, "No locks available")
 
     monkeypatch.setattr(locks.fcntl, "flock", no_locks)
     monkeypatch.setattr(locks, "_warned", [])
+    monkeypatch.delenv(locks.UNLOCKED_ENV, raising=False)
+    with pytest.raises(OSError, match="TLFAST_UNLOCKED=1"):
+        with locks.lock(str(tmp_path / ".lock")):
+            pass
+    monkeypatch.setenv(locks.UNLOCKED_ENV, "1")
     with caplog.at_level("WARNING", logger="tlfast"):
         with locks.lock(str(tmp_path / ".lock")) as held:
             assert held

@@ -190,3 +190,16 @@ def test_a_complete_disk_cache_is_read_while_another_process_holds_it(
                         tf.zeros((size, size, 3), tf.uint8))
     ds = pipeline.image_folder_dataset(entries, config, training=False)
     assert _order(ds) == first
+
+
+def test_a_file_changed_since_the_scan_is_dropped_not_decoded(flat_folder):
+    from tlfast.data import scan
+
+    usable = scan.scan_files(_entries(flat_folder)).usable
+    assert all(e.size == os.path.getsize(e.path) for e in usable)
+    with open(usable[0].path, "ab") as f:  # Edited after the scan.
+        f.write(b"\0" * 10)
+    for ds in (pipeline.files_dataset(usable, 16),
+               tf.data.Dataset.range(1).flat_map(
+                   lambda _: pipeline.files_dataset(usable, 16))):
+        assert sum(1 for _ in ds) == len(usable) - 1

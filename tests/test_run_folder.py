@@ -91,3 +91,27 @@ def test_split_entries_of_a_moved_data_folder(tmp_path):
     entries = run_folder.split_entries(RunFolder(folder), str(data))
     assert [e.relpath for split in entries.values() for e in split] == [
         "ants/img_000.jpg"]
+
+
+def test_only_keras_archives_of_a_safe_keras_load(tmp_path):
+    h5 = tmp_path / "model.h5"
+    h5.write_bytes(b"\x89HDF\r\n\x1a\n")
+    with pytest.raises(ValueError, match="Only .keras model files are loaded"):
+        run_folder.load_model_run(h5)
+    with pytest.raises(ValueError, match="Keras 3.10.0 can run code"):
+        run_folder.check_loadable("m.keras", "3.10.0")
+    run_folder.check_loadable("m.keras", "3.11.3")
+
+
+def test_a_keras_file_with_a_lambda_layer_is_refused(tmp_path):
+    import keras
+
+    inputs = keras.Input((32, 32, 3), dtype="uint8")
+    x = keras.layers.Lambda(lambda t: keras.ops.cast(t, "float32") / 255.0)(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(2, activation="softmax")(x)
+    keras.Model(inputs, outputs).save(tmp_path / "model.keras")
+    (tmp_path / "labels.txt").write_text("a\nb\n")
+    with pytest.raises(ValueError, match="Cannot load .* as a Keras model.*"
+                       "(?s:.*)(unsafe|safe_mode)"):
+        run_folder.load_model_run(tmp_path)

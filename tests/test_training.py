@@ -348,3 +348,33 @@ def test_fine_tuning_pixel_caches_share_one_ram_budget(tmp_path):
     train, val = training.split_ram_budget(config, 1000, 100)
     assert pipeline.choose_cache(1000, train) == "disk"
     assert pipeline.choose_cache(100, val) == "memory"
+
+
+@pytest.mark.parametrize("prepare_tfds", [True, False])
+def test_a_copy_of_the_folder_elsewhere_shares_no_cache(tiny_config, tmp_path,
+                                                        prepare_tfds):
+    import shutil
+
+    config = dataclasses.replace(tiny_config, prepare_tfds=prepare_tfds)
+    first = _run(config)
+    assert first["feature_cache"] == "miss"
+    copy = tmp_path / "copy"
+    shutil.copytree(config.data_dir, copy)  # Same layout, sizes and mtimes.
+    for path in copy.rglob("*.jpg"):  # Other pixels, same size.
+        data = bytearray(path.read_bytes())
+        st = os.stat(path)
+        data[-3] ^= 0xFF
+        path.write_bytes(bytes(data))
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    second = _run(dataclasses.replace(config, data_dir=str(copy),
+                                      output_dir=str(tmp_path / "out2")))
+    assert second["feature_cache"] == "miss"
+    assert second["backbone_images_forwarded"] == first["backbone_images_forwarded"]
+
+
+def test_a_new_cache_folder_is_the_users_alone(tiny_config):
+    import stat
+
+    _run(tiny_config)
+    mode = stat.S_IMODE(os.stat(tiny_config.cache_dir).st_mode)
+    assert mode & 0o077 == 0, oct(mode)

@@ -1,7 +1,7 @@
 """Atomic writes: every file tlfast writes goes through here.
 
 A file is written to a temporary file beside its target, flushed to disk
-(`fsync`) and renamed over the target: a reader, a crash or a kill never
+(`fsync`) and renamed over the target, and the folder is flushed too: a reader, a crash or a kill never
 sees half of it, and the previous version stays until the new one is
 complete. On any error the temporary file is removed and the target is left
 as it was.
@@ -92,6 +92,21 @@ def publish(tmp, path):
         _remove(old)
     else:
         os.replace(tmp, path)
+    _fsync_folder(os.path.dirname(os.path.abspath(path)))
+
+
+def _fsync_folder(folder):
+    """Makes a rename in `folder` durable (its entry is in the folder's data)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # Not supported for folders here: best effort.
+        pass
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager
@@ -160,12 +175,38 @@ def write_json(path, obj):
     write_text(path, json_text(obj))
 
 
+# A spreadsheet opening a CSV runs a cell starting with these as a formula
+# (CSV injection): a class or file name "=HYPERLINK(...)" would be one.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value):
+    """A text cell a spreadsheet shows as text: "'" before a formula start.
+
+    Numbers (not str) are left alone; `csv_value` undoes it.
+    """
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
+
+
+def csv_value(cell):
+    """The value `csv_cell` made `cell` from."""
+    if cell.startswith("'") and cell[1:].startswith(_FORMULA_START):
+        return cell[1:]
+    return cell
+
+
 def csv_text(header, rows):
-    """CSV text (header line, then rows), as `write_csv` writes it."""
+    """CSV text (header line, then rows), as `write_csv` writes it.
+
+    Text cells are neutralised with `csv_cell`: the files tlfast writes are
+    meant to be opened in spreadsheets.
+    """
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(header)
-    writer.writerows(rows)
+    writer.writerow([csv_cell(h) for h in header])
+    writer.writerows([csv_cell(v) for v in row] for row in rows)
     return buffer.getvalue()
 
 

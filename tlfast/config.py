@@ -226,6 +226,10 @@ class TrainConfig:
         True, "Skip images that look like 'image not found' graphics (a few "
         "colours, one covering most of the image); --noskip_placeholders "
         "keeps them, e.g. for line drawings or icons.")
+    follow_links: bool = setting(
+        False, "Use files and folders reached through symbolic links that "
+        "lead outside --data_dir (by default they are skipped and reported: "
+        "a link can reach any file this process may read).")
     export: str = setting(
         "", "Comma list of export formats: keras, saved_model, tflite, "
         "tflite_int8 (each checked for parity with model.keras on the "
@@ -248,6 +252,10 @@ class TrainConfig:
                         "augmentation.")
     strict: bool = setting(False, "Fail on any bad image instead of "
                            "skipping it.")
+    lock_timeout_s: float = setting(
+        0.0, "Seconds to wait for a lock another tlfast job holds (this run "
+        "folder, the prepared data, a feature cache) before failing with the "
+        "lock file's path; 0 waits as long as it takes.")
     reuse_outputs: bool = setting(
         True, "When --output_dir already holds the outputs of an identical "
         "run (same data, settings, weights and versions; files unchanged; "
@@ -276,6 +284,7 @@ class TrainConfig:
             ("ram_budget_mb", _at_least(0), "an integer >= 0"),
             ("feature_shard_size", _at_least(1), "an integer >= 1"),
             ("max_pixels", _at_least(1), "an integer >= 1"),
+            ("lock_timeout_s", lambda v: v >= 0, ">= 0"),
             ("seed", lambda v: _at_least(0)(v) and v < 2**32,
              "an integer in [0, 2**32)"),
         ])
@@ -335,6 +344,11 @@ class TrainConfig:
     @property
     def export_formats(self):
         return export_formats(self.export)
+
+    @property
+    def lock_timeout(self):
+        """`lock_timeout_s` for `tlfast.locks.lock`: None waits for ever."""
+        return self.lock_timeout_s or None
 
 
 _CHECKS_BATCH = ("batch_size", _at_least(1), "an integer >= 1")
@@ -427,23 +441,54 @@ class ExportConfig:
                              f"formats={self.formats!r}")
 
 
+_LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1", "[::1]")
+
+
+def _port(v):
+    return _at_least(0)(v) and v < 65536
+
+
 @dataclasses.dataclass(frozen=True)
 class ServiceConfig:
-    """`tlfast-data-service`: tf.data service servers for tlfast-train."""
+    """`tlfast-data-service`: tf.data service servers for tlfast-train.
+
+    The servers listen on every interface without authentication: run them
+    on a trusted network only (BUILD.md, "Scaling out").
+    """
 
     role: str = setting("all", "What to start here.", choices=SERVICE_ROLES)
-    port: int = setting(5050, "Dispatcher port (role all/dispatcher), or "
-                        "worker port (role worker; 0 picks one).")
+    port: int = setting(5050, "Dispatcher port (role all/dispatcher; 0 "
+                        "picks one).")
+    worker_port: int = setting(5051, "Port of this host's worker (role "
+                               "worker; 0 picks one). Role all picks free "
+                               "ports for its workers.")
     workers: int = setting(2, "Workers to start (role all).")
     dispatcher: str | None = setting(None, "host:port of the dispatcher "
                                      "(role worker).")
+    worker_address: str | None = setting(
+        None, "Host name or IP at which trainers reach this worker (role "
+        "worker; required when the dispatcher is on another host: the "
+        "dispatcher hands this address to trainers).")
 
     def __post_init__(self):
         check_choices(self)
         check_values(self, [
-            ("port", lambda v: _at_least(0)(v) and v < 65536,
-             "an integer in [0, 65536)"),
+            ("port", _port, "an integer in [0, 65536)"),
+            ("worker_port", _port, "an integer in [0, 65536)"),
             ("workers", _at_least(1), "an integer >= 1")])
-        if self.role == "worker" and not self.dispatcher:
+        if self.role != "worker":
+            return
+        if not self.dispatcher:
             raise ValueError("dispatcher=host:port is required for "
                              "role='worker'. Received: dispatcher=None")
+        host, _, port = self.dispatcher.split("://")[-1].rpartition(":")
+        if not self.worker_address and host not in _LOCAL_HOSTS:
+            raise ValueError(
+                "worker_address is required for a worker whose dispatcher is "
+                "on another host: the host name or IP at which trainers reach "
+                "this machine (else they are sent to 'localhost'). Received: "
+                f"dispatcher={self.dispatcher!r}, worker_address=None")
+        if host in _LOCAL_HOSTS and port == str(self.worker_port):
+            raise ValueError(
+                "worker_port must differ from the dispatcher's port on one "
+                f"host. Received: worker_port={self.worker_port}")

@@ -95,6 +95,7 @@ def _choose(folder, split):
 
 def load_eval_entries(data_dir, class_names, *, split="auto", validation_split=0.2,
                       seed=0, cache_dir=None, skip_placeholders=True,
+                      follow_links=False,
                       max_pixels=scan_lib.DEFAULT_MAX_PIXELS):
     """Lists and scans the images of one split of a folder, as training does.
 
@@ -111,6 +112,7 @@ def load_eval_entries(data_dir, class_names, *, split="auto", validation_split=0
       seed: The run's split seed.
       cache_dir: Scan-verdict cache (training's `cache_dir`); None: no cache.
       skip_placeholders: Skip "image not found" graphics, as training does.
+      follow_links: Use links out of the folder, as training did.
       max_pixels: Skip larger images, as training does (the run's setting).
 
     Returns:
@@ -124,7 +126,7 @@ def load_eval_entries(data_dir, class_names, *, split="auto", validation_split=0
       ValueError: Fewer than two class folders, classes that `class_names`
         lacks, an unknown split, or no usable image.
     """
-    folder = sources.list_image_folder(data_dir)
+    folder = sources.list_image_folder(data_dir, follow_links)
     check_class_names(folder.class_names, class_names, folder.root)
     entries, split = _choose(folder, split)
     if entries is None:
@@ -133,7 +135,7 @@ def load_eval_entries(data_dir, class_names, *, split="auto", validation_split=0
         data = prepare.prepare_folder(
             data_dir, validation_split=validation_split, seed=seed,
             cache_dir=cache_dir, max_pixels=max_pixels,
-            skip_placeholders=skip_placeholders)
+            skip_placeholders=skip_placeholders, follow_links=follow_links)
         return (_relabel(getattr(data, split), folder.class_names, class_names),
                 list(data.skipped), split)
     # Listing-time skips (bad extensions) of the chosen split only: those
@@ -388,6 +390,7 @@ def run_evaluation(config):
         cache_dir=os.path.expanduser(config.cache_dir),
         # Judge the same images the run trained and validated on.
         skip_placeholders=run.setting("skip_placeholders", True),
+        follow_links=run.setting("follow_links", False),
         max_pixels=run.setting("max_pixels", scan_lib.DEFAULT_MAX_PIXELS))
     return evaluate_model(
         model_run.model, entries, model_run.class_names,

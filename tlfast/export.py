@@ -44,6 +44,7 @@ from tlfast import config
 from tlfast import predict as predict_lib
 from tlfast import run_folder
 from tlfast.data import augment as augment_lib
+from tlfast.data import scan as scan_lib
 
 log = logging.getLogger("tlfast")
 FORMATS = config.EXPORT_FORMATS
@@ -134,6 +135,18 @@ def as_arrays(data, name):
 PARITY_IMAGES = 1000
 
 
+def spread(entries, limit):
+    """At most `limit` of `entries`, evenly spaced (all of them for None).
+
+    Entries are sorted by class, so every class is represented.
+    """
+    entries = list(entries)
+    if limit is not None and len(entries) > limit:
+        keep = np.linspace(0, len(entries) - 1, limit).round().astype(int)
+        entries = [entries[i] for i in np.unique(keep)]
+    return entries
+
+
 def decode_entries(entries, image_size, resize, *, limit=None, batch_size=64):
     """Decodes files to arrays through the training decode path.
 
@@ -148,10 +161,7 @@ def decode_entries(entries, image_size, resize, *, limit=None, batch_size=64):
     Returns:
       (images uint8 [N, S, S, 3], labels int32 [N]).
     """
-    entries = list(entries)
-    if limit is not None and len(entries) > limit:
-        keep = np.linspace(0, len(entries) - 1, limit).round().astype(int)
-        entries = [entries[i] for i in np.unique(keep)]
+    entries = spread(entries, limit)
     images, labels = [], []
     for batch, positions in predict_lib.iter_batches(entries, image_size, resize,
                                                       batch_size):
@@ -536,10 +546,15 @@ def run_export(config):
     entries = run_folder.split_entries(run.folder, config.data_dir)
 
     def decode(split, limit):
-        if not entries.get(split):
+        # Scanned as the run scanned them: the decompression-bomb guard and
+        # the placeholder rule hold for these images too.
+        usable = scan_lib.scan_files(
+            spread(entries.get(split) or (), limit),
+            max_pixels=run.run.setting("max_pixels", scan_lib.DEFAULT_MAX_PIXELS),
+            skip_placeholders=run.run.setting("skip_placeholders", True)).usable
+        if not usable:
             return None
-        return decode_entries(entries[split], run.image_size, run.resize,
-                              limit=limit)
+        return decode_entries(usable, run.image_size, run.resize)
 
     representative = None
     if "tflite_int8" in formats:

@@ -34,7 +34,8 @@ def _extract(examples, feature_model, key, config, phase, workers, strategy):
       (features float32 [N, D], ExtractStats with `forwarded` summed over
       the workers).
     """
-    cache = features_lib.FeatureCache(os.path.expanduser(config.cache_dir), key)
+    cache = features_lib.FeatureCache(os.path.expanduser(config.cache_dir), key,
+                                      lock_timeout=config.lock_timeout)
     offset = phase.done
     ids = examples.ids
 
@@ -95,7 +96,7 @@ def _jobs(train, validation, run, identity):
     base = dict(backbone=spec.name, weights=identity,
                 image_size=run.image_size, resize=config.resize,
                 preprocessing=spec.preprocessing, precision=run.policy,
-                dtype=config.feature_dtype)
+                dtype=config.feature_dtype, source=run.source)
     jobs = [(validation, features_lib.FeatureKey(**base), None)]
     for view in range(config.augment_views + 1):
         augmentation = None

@@ -53,6 +53,9 @@ class FeatureKey:
       augment: Canonical augmentation spec (only used when view >= 1).
       seed: Augmentation seed (only used when view >= 1).
       dtype: Storage dtype, "float16" or "float32".
+      source: Where the examples come from (the data folder's real path, or
+        "tfds:<name>"): example ids are relative to it, so two copies of a
+        folder (same layout, sizes and times) do not share features.
     """
 
     backbone: str
@@ -65,6 +68,7 @@ class FeatureKey:
     augment: str = ""
     seed: int = 0
     dtype: str = "float16"
+    source: str = ""
 
     def __post_init__(self):
         ints = (self.image_size, self.view, self.seed)
@@ -84,6 +88,10 @@ class FeatureKey:
         fields = dataclasses.asdict(self)
         if self.view == 0:
             fields.update(augment="", seed=0)
+        if not self.source:
+            # Keys made without a source (before it existed, or by a library
+            # caller) keep their digests, so their caches stay found.
+            del fields["source"]
         return fields
 
     def digest(self):
@@ -155,12 +163,14 @@ class FeatureCache:
     Args:
       cache_dir: Root cache folder (shared with the other tlfast caches).
       key: A `FeatureKey`.
+      lock_timeout: Seconds to wait for another process's lock (None: no
+        limit; see `tlfast.locks.lock`).
     """
 
-    def __init__(self, cache_dir, key):
+    def __init__(self, cache_dir, key, lock_timeout=None):
         if not isinstance(key, FeatureKey):
             raise TypeError(f"Expected a FeatureKey. Received: key={key!r}")
-        self.key = key
+        self.key, self.lock_timeout = key, lock_timeout
         self.path = feature_folder(cache_dir, key.digest())
         os.makedirs(self.path, exist_ok=True)
         self._locked, self._scope = False, None
@@ -193,13 +203,27 @@ class FeatureCache:
         if not os.path.exists(path):
             return None, ("shards without a manifest" if self._shard_names()
                           else None)
+        # Only a manifest that parses and does not match is a reason to
+        # delete: a failure of the moment (EMFILE, EIO on NFS) or a file that
+        # is not JSON raises instead, and every shard stays.
         try:
             with open(path) as f:
                 manifest = json.load(f)
+        except OSError as e:
+            raise OSError(
+                f"Cannot read the feature cache manifest '{path}': "
+                f"{e.strerror or e}. Nothing was deleted; run again once the "
+                "storage answers.") from e
+        except ValueError as e:
+            raise ValueError(
+                f"The feature cache manifest '{path}' is not JSON ({e}): not "
+                "written by tlfast. Delete the folder "
+                f"'{self.path}' to recompute its features.") from e
+        try:
             dim = manifest["feature_dim"]
             expected = self._expected_manifest(dim)
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            return None, f"unreadable manifest ({e!r})"
+        except (KeyError, TypeError) as e:
+            return None, f"manifest without a feature_dim ({e!r})"
         if manifest != expected or not isinstance(dim, int) or dim < 1:
             return None, (f"manifest {manifest} does not match the expected "
                           f"{expected}")
@@ -235,13 +259,13 @@ class FeatureCache:
         os.makedirs(self.path, exist_ok=True)  # In case it was deleted since.
         waiting = f"Waiting for another process using the feature cache '{self.path}'."
         with contextlib.ExitStack() as stack:
-            stack.enter_context(locks.lock(os.path.join(self.path, ".lock"),
-                                           shared=bool(scope),
-                                           waiting_message=waiting))
+            stack.enter_context(locks.lock(
+                os.path.join(self.path, ".lock"), shared=bool(scope),
+                waiting_message=waiting, timeout=self.lock_timeout))
             if scope:
                 stack.enter_context(locks.lock(
                     os.path.join(self.path, f".lock-{scope}"),
-                    waiting_message=waiting))
+                    waiting_message=waiting, timeout=self.lock_timeout))
             self._locked, self._scope = True, scope
             try:
                 yield

@@ -10,10 +10,13 @@ processes with flock on a lock file beside them:
 A finished cache on a read-only mount (or one owned by another user) must
 still be readable, so opening the lock file falls back from read-write to
 read-only (flock works on either), and to no lock at all when the file cannot
-even be read. Where flock is missing (Windows) or refused by the file system
-(some NFS and FUSE mounts answer ENOLCK / EOPNOTSUPP), tlfast warns once and
-works unlocked: each file it writes is still renamed into place whole
-(`tlfast.atomic`), so a reader never sees half of one.
+even be read. Where flock is missing (Windows), tlfast works unlocked. Where
+the file system refuses it (some NFS and FUSE mounts answer ENOLCK /
+EOPNOTSUPP), taking a lock fails with a message naming the way out: put the
+caches and outputs on a local disk, or set TLFAST_UNLOCKED=1 to work
+without locks (each file is still renamed into place whole by
+`tlfast.atomic`, so no reader sees half of one; but two jobs on the same
+folders at once could then both prepare or compute the same things).
 """
 
 import contextlib
@@ -52,12 +55,23 @@ def open_lock_file(path):
             return None
 
 
+UNLOCKED_ENV = "TLFAST_UNLOCKED"
+
+
 def _unsupported(path, error):
+    if os.environ.get(UNLOCKED_ENV) != "1":
+        raise OSError(
+            error.errno,
+            f"File locks are not supported where '{path}' lives ({error}). "
+            "Put --cache_dir and --output_dir on a local disk, or set "
+            f"{UNLOCKED_ENV}=1 to work without locks (then never run two "
+            "tlfast jobs on the same folders at once).")
     if not _warned:
         _warned.append(path)
         log.warning("File locks are not supported where '%s' lives (%s): "
-                    "working without them. Do not run two tlfast jobs on the "
-                    "same caches or output folder at once.", path, error)
+                    "working without them (%s=1). Do not run two tlfast jobs "
+                    "on the same caches or output folder at once.", path,
+                    error, UNLOCKED_ENV)
 
 
 def _try(fd, shared, path):

@@ -11,6 +11,7 @@ reason, never as a row, so a predictions CSV holds only real predictions.
                                    run.class_names, resize=run.resize)
 """
 
+import dataclasses
 import glob
 import logging
 import os
@@ -93,7 +94,7 @@ def iter_batches(entries, image_size, resize, batch_size):
     """
     # The label carries the position through `files_dataset`, which drops
     # files that fail to decode instead of failing the whole run.
-    indexed = [FileEntry(e.path, e.relpath, i) for i, e in enumerate(entries)]
+    indexed = [dataclasses.replace(e, label=i) for i, e in enumerate(entries)]
     ds = pipeline.files_dataset(indexed, image_size, resize)
     ds = ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
     for batch in ds.as_numpy_iterator():

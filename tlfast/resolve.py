@@ -55,6 +55,14 @@ class ResolvedRun:
     def cache_dir(self):
         return os.path.expanduser(self.config.cache_dir)
 
+    @property
+    def source(self):
+        """Where the examples come from, for cache keys: the data folder's
+        real path, or "tfds:<name>"."""
+        if self.config.tfds_name:
+            return f"tfds:{self.config.tfds_name}"
+        return os.path.realpath(os.path.expanduser(self.config.data_dir))
+
     def scaled(self, replicas):
         """This run with global batches and learning rates for `replicas`.
 
@@ -117,8 +125,11 @@ def resolve(config):
             "tflite_int8 later with `KERAS_BACKEND=tensorflow tlfast-export`. "
             f"Received: backend={keras.backend.backend()!r}")
     policy = precision_lib.check_policy(config.precision)
-    for path in (config.output_dir, os.path.expanduser(config.cache_dir)):
-        check_writable(path)
+    check_writable(config.output_dir)
+    # Caches hold copies of the user's photos: a new cache folder is the
+    # user's alone (an existing one keeps its mode: it may be shared on
+    # purpose).
+    check_writable(os.path.expanduser(config.cache_dir), mode=0o700)
     return ResolvedRun(config=config, spec=spec, image_size=size,
                        augment=augment_spec.canonical_spec(config.augment),
                        head=config.head(), policy=policy)
@@ -132,14 +143,14 @@ def _check_weights(weights):
             f"path to a .weights.h5 / .h5 file. Received: weights={weights!r}")
 
 
-def check_writable(path):
-    """Creates `path` and proves it writable by writing a file there.
+def check_writable(path, mode=0o777):
+    """Creates `path` (with `mode`, less the umask) and proves it writable.
 
     A real write, not `os.access`: root passes permission checks, and a
     read-only mount or a full disk only shows on an actual write.
     """
     try:
-        os.makedirs(path, exist_ok=True)
+        os.makedirs(path, mode=mode, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path, prefix=".tlfast-probe-"):
             pass
     except OSError as e:

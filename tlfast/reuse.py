@@ -111,7 +111,8 @@ def run_key(run):
     folder = folder_builder.folder_config(
         config.data_dir, validation_split=config.validation_split,
         seed=config.seed, max_pixels=config.max_pixels,
-        skip_placeholders=config.skip_placeholders).name
+        skip_placeholders=config.skip_placeholders,
+        follow_links=config.follow_links).name
     settings = {k: v for k, v in dataclasses.asdict(config).items()
                 if k not in _NOT_IN_KEY}
     blob = json.dumps({

@@ -50,6 +50,7 @@ def load_data(run, folder, timings):
             seed=config.seed, cache_dir=os.path.expanduser(config.cache_dir),
             strict=config.strict, max_pixels=config.max_pixels,
             skip_placeholders=config.skip_placeholders,
+            follow_links=config.follow_links,
             progress=lambda done, total: phase.update(done, total))
     prepare.log_skipped(data.skipped)
     folder.write_split({"train": data.train, "validation": data.validation},
@@ -78,6 +79,7 @@ def load_prepared_data(config, size, folder, timings):
             cache_dir=cache_dir, strict=config.strict,
             max_pixels=config.max_pixels,
             skip_placeholders=config.skip_placeholders,
+            follow_links=config.follow_links, lock_timeout=config.lock_timeout,
             progress=lambda done, total: phase.update(done, total))
     prepare.log_skipped(prepared.skipped)
     sets = {split: folder_builder.prepared_examples(

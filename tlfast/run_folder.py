@@ -32,6 +32,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 
 from tlfast import atomic
 from tlfast import locks
@@ -120,10 +121,10 @@ class RunFolder:
         """The path of one of the folder's files (a name above)."""
         return os.path.join(self.path, name)
 
-    def lock(self):
+    def lock(self, timeout=None):
         """One run at a time: two would mix their files, and run.json would
-        vouch for files another run wrote."""
-        return locks.lock(self.file(LOCK), waiting_message=(
+        vouch for files another run wrote. `timeout`: see `locks.lock`."""
+        return locks.lock(self.file(LOCK), timeout=timeout, waiting_message=(
             f"Waiting for the other run writing to {self.path} to finish."))
 
     # --- Writing (each file atomically). ---
@@ -275,8 +276,11 @@ def load_model_run(model_path):
             f"Model file not found: '{path}'. Pass the model.keras that "
             "tlfast-train wrote (--model=RUN/model.keras) or its run folder. "
             f"Received: model={os.fspath(model_path)!r}")
+    check_loadable(path, keras.__version__)
     try:
-        model = keras.models.load_model(path, compile=False)
+        # safe_mode: a .keras file cannot run code (Lambda layers' pickled
+        # functions are refused); tlfast writes none.
+        model = keras.models.load_model(path, compile=False, safe_mode=True)
     except Exception as e:  # Keras raises many kinds for a bad file.
         raise ValueError(
             f"Cannot load '{path}' as a Keras model: {type(e).__name__}: {e}. "
@@ -292,6 +296,36 @@ def load_model_run(model_path):
     run = folder.read_run_info()
     return ModelRun(model, class_names, model_image_size(model), run.resize,
                     folder.path, run)
+
+
+# Keras releases before 3.11.3 run code from crafted .keras files even in
+# safe mode (CVE-2025-1550, -8747, -9906; -9905: .h5 ignores safe_mode).
+SAFE_KERAS = (3, 11, 3)
+
+
+def check_loadable(path, keras_version):
+    """Refuses model files tlfast will not load.
+
+    Only `.keras` archives load, with Keras' safe mode, on a Keras release
+    without the known model-loading CVEs: legacy `.h5` / SavedModel files
+    can hold code that runs on load. (Backbone weights may still come from
+    `.h5` weights files: those load weights only.)
+
+    Raises:
+      ValueError: Another file kind, or a Keras older than 3.11.3.
+    """
+    if not path.endswith(".keras"):
+        raise ValueError(
+            f"Only .keras model files are loaded (a legacy .h5 or SavedModel "
+            f"can run code when loaded): '{path}'. Pass the model.keras that "
+            "tlfast-train wrote, or re-save a trusted model with "
+            "model.save('model.keras').")
+    release = tuple(int(p) for p in re.findall(r"\d+", keras_version)[:3])
+    if release < SAFE_KERAS:
+        raise ValueError(
+            f"Keras {keras_version} can run code from a crafted model file "
+            "even in safe mode; tlfast loads models only with Keras >= "
+            f"{'.'.join(map(str, SAFE_KERAS))}: pip install -U keras.")
 
 
 def load_model(model_path):

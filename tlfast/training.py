@@ -151,7 +151,7 @@ def run_training(config):
 def _run(run, strategy=None):
     start = time.perf_counter()
     folder = RunFolder(run.config.output_dir)
-    with folder.lock():
+    with folder.lock(run.config.lock_timeout):
         key = reuse.run_key(run)
         if key is not None and run.config.reuse_outputs:
             reused = reuse.reuse_outputs(key, run, folder, start)

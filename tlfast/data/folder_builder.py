@@ -94,7 +94,7 @@ def _slug(root):
 
 def folder_config(data_dir, *, validation_split=0.2, seed=0, cache_dir=None,
                   max_pixels=scan_lib.DEFAULT_MAX_PIXELS, strict=False,
-                  progress=None, skip_placeholders=True):
+                  progress=None, skip_placeholders=True, follow_links=False):
     """The `ImageFolderConfig` of a folder as it is now (lists it, reads no image).
 
     Args: as for `prepare_image_folder`.
@@ -106,7 +106,7 @@ def folder_config(data_dir, *, validation_split=0.2, seed=0, cache_dir=None,
       FileNotFoundError: No such folder.
       ValueError: Fewer than two class sub-folders.
     """
-    folder = sources.list_image_folder(data_dir)
+    folder = sources.list_image_folder(data_dir, follow_links)
     h = hashlib.sha256()
     # Everything that changes what is stored: the builder's format, the
     # scan's rules, the split settings and every file's identity.
@@ -116,7 +116,11 @@ def folder_config(data_dir, *, validation_split=0.2, seed=0, cache_dir=None,
              f"{float(validation_split)!r} {int(seed)} "
              f"{json.dumps(folder.class_names)}"
              # Only when not the default: earlier preparations stay valid.
-             f"{'' if skip_placeholders else ' keep-placeholders'}\n"
+             f"{'' if skip_placeholders else ' keep-placeholders'}"
+             f"{' follow-links' if follow_links else ''}"
+             # Where it is: two folders of the same layout, sizes and times
+             # (a copy) are still two datasets.
+             f" {os.path.realpath(folder.root)}\n"
              .encode("utf-8"))
     paths = [e.path for files in folder.splits.values() for e in files]
     paths += [s.path for s in folder.skipped]
@@ -133,7 +137,8 @@ def folder_config(data_dir, *, validation_split=0.2, seed=0, cache_dir=None,
         description=f"The image folder {folder.root}",
         root=folder.root, class_names=tuple(folder.class_names),
         validation_split=validation_split, seed=seed, max_pixels=max_pixels,
-        skip_placeholders=bool(skip_placeholders), cache_dir=cache_dir,
+        skip_placeholders=bool(skip_placeholders),
+        follow_links=bool(follow_links), cache_dir=cache_dir,
         strict=strict, progress=progress)
 
 
@@ -170,10 +175,10 @@ def _remove_replaced(dataset_dir, config):
                 continue
             log.info("Removing the replaced preparation of '%s': %s",
                      root, path)
+            # Its lock files stay (a few bytes): another process may be
+            # waiting on them, and a new file under the same name would let
+            # two processes hold "the" lock at once.
             shutil.rmtree(path, ignore_errors=True)
-            for suffix in (".lock", ".use"):
-                if os.path.exists(path + suffix):
-                    os.remove(path + suffix)
 
 
 def _read_index(builder):
@@ -214,7 +219,8 @@ def _load_index(builder, fingerprint):
 
 def prepare_image_folder(data_dir, *, data_root, validation_split=0.2, seed=0,
                          cache_dir=None, max_pixels=scan_lib.DEFAULT_MAX_PIXELS,
-                         strict=False, progress=None, skip_placeholders=True):
+                         strict=False, progress=None, skip_placeholders=True,
+                         follow_links=False, lock_timeout=None):
     """Prepares an image folder as TFDS records once; reuses them while unchanged.
 
     Args:
@@ -244,6 +250,7 @@ def prepare_image_folder(data_dir, *, data_root, validation_split=0.2, seed=0,
     config = folder_config(data_dir, validation_split=validation_split,
                            seed=seed, cache_dir=cache_dir, max_pixels=max_pixels,
                            skip_placeholders=skip_placeholders,
+                           follow_links=follow_links,
                            strict=strict, progress=progress)
     data_root = os.path.abspath(os.path.expanduser(os.fspath(data_root)))
     dataset_dir = os.path.join(data_root, DATASET_NAME)
@@ -256,8 +263,9 @@ def prepare_image_folder(data_dir, *, data_root, validation_split=0.2, seed=0,
     lock_path = os.path.join(dataset_dir, config.name + ".lock")
     # Two processes preparing the same folder take turns: the second one
     # then reuses what the first wrote.
-    with locks.lock(lock_path, waiting_message="Waiting for another process "
-                    f"preparing the same folder (lock {lock_path})"):
+    with locks.lock(lock_path, timeout=lock_timeout,
+                    waiting_message="Waiting for another process preparing "
+                    f"the same folder (lock {lock_path})"):
         # Built under the lock: a builder made before another process
         # finished would not see its data.
         builder = TlfastImageFolder(config=config, data_dir=data_root,
@@ -285,19 +293,21 @@ def prepare_image_folder(data_dir, *, data_root, validation_split=0.2, seed=0,
                      builder.info.splits.total_num_examples,
                      time.perf_counter() - start)
         index = _load_index(builder, config.name)
-    # Marks the preparation as read by this process (a shared lock on its
-    # ".use" file, not the ".lock" of preparing, which a reuse takes): then
-    # `_remove_replaced` in another process leaves it alone instead of
-    # deleting records a running job still reads. Not held when it is being
-    # prepared again: nothing to protect yet.
-    locks.hold(os.path.join(dataset_dir, config.name + ".use"), shared=True)
+        # Marks the preparation as read by this process (a shared lock on
+        # its ".use" file, not the ".lock" of preparing, which a reuse
+        # takes): then `_remove_replaced` in another process leaves it alone
+        # instead of deleting records a running job still reads. Taken
+        # before ".lock" is let go: between the two, another process could
+        # find it free and delete it.
+        locks.hold(os.path.join(dataset_dir, config.name + ".use"), shared=True)
     # On a reuse too: a replaced preparation kept while another job read it
     # is removed by the next run that finds it free.
     _remove_replaced(dataset_dir, config)
     if not reused:
         if folder_config(data_dir, validation_split=validation_split, seed=seed,
                          max_pixels=max_pixels,
-                         skip_placeholders=skip_placeholders).name != config.name:
+                         skip_placeholders=skip_placeholders,
+                         follow_links=follow_links).name != config.name:
             log.warning("'%s' changed while it was being prepared; it will be "
                         "prepared again on the next run.", config.root)
     skipped = tuple(sources.Skipped(path, reason)
@@ -350,11 +360,13 @@ class PreparedExamples:
     def entries(self):
         """`FileEntry`s of the records' files, for split files and evaluation."""
         # Ids are "relpath|size|mtime": a file name may hold "|" too.
-        return [sources.FileEntry(os.path.join(self.prepared.root, relpath),
-                                  relpath, int(label))
-                for relpath, label in ((i.rsplit("|", 2)[0], label)
-                                       for i, label in zip(self._ids,
-                                                           self.labels))]
+        entries = []
+        for identity, label in zip(self._ids, self.labels):
+            relpath, size, _ = identity.rsplit("|", 2)
+            entries.append(sources.FileEntry(
+                os.path.join(self.prepared.root, relpath), relpath, int(label),
+                int(size)))
+        return entries
 
     def records(self, check_count=True):
         """The split's records in order, images still encoded.

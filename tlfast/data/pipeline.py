@@ -183,7 +183,8 @@ def files_dataset(entries, image_size, resize=DEFAULT_RESIZE,
     """Decoded, unbatched, uncached elements for a list of files.
 
     Args:
-      entries: `FileEntry`s that passed the scan.
+      entries: `FileEntry`s that passed the scan (with their `size`: a file
+        whose size changed since is dropped).
       image_size: Output side.
       resize: One of `RESIZE_MODES`.
       indices: Optional int per entry, passed through as "index" so that
@@ -195,16 +196,26 @@ def files_dataset(entries, image_size, resize=DEFAULT_RESIZE,
     """
     paths = [e.path for e in entries]
     labels = [e.label for e in entries]
+    # -1: not scanned, no size to check.
+    sizes = [-1 if e.size is None else e.size for e in entries]
     columns = {"path": tf.constant(paths, tf.string),
-               "label": tf.constant(labels, tf.int32)}
+               "label": tf.constant(labels, tf.int32),
+               "size": tf.constant(sizes, tf.int64)}
     if indices is not None:
         columns["index"] = tf.constant(list(indices), tf.int32)
     ds = tf.data.Dataset.from_tensor_slices(columns)
 
     def load(element):
         element = dict(element)
-        path = element.pop("path")
-        element["image"] = decode_image(tf.io.read_file(path), image_size, resize)
+        path, size = element.pop("path"), element.pop("size")
+        data = tf.io.read_file(path)
+        # The scan's verdict holds for the bytes it checked: a file of
+        # another size since (edited, replaced by something the guard would
+        # refuse) is dropped, not decoded.
+        tf.debugging.assert_equal(
+            tf.logical_or(size < 0, tf.cast(tf.strings.length(data), tf.int64) == size),
+            True, message="file changed since the scan")
+        element["image"] = decode_image(data, image_size, resize)
         return element
 
     ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -214,7 +225,7 @@ def files_dataset(entries, image_size, resize=DEFAULT_RESIZE,
 
 
 def content_key(entries, *parts):
-    """A hex digest of the files' identity (relpath, size, mtime, label) + parts.
+    """A hex digest of the files' identity (path, size, mtime, label) + parts.
 
     Any edit, addition or removal of a file changes it, so a cache keyed by it
     is never served stale.
@@ -226,7 +237,9 @@ def content_key(entries, *parts):
             stamp = f"{st.st_size}\0{st.st_mtime_ns}"
         except OSError:  # Gone since the scan: the pipeline skips it.
             stamp = "missing"
-        h.update(f"{entry.relpath}\0{stamp}\0{entry.label}\n".encode("utf-8"))
+        # The path, not the relpath: a copy of the folder elsewhere (same
+        # layout, sizes and times) is other pixels.
+        h.update(f"{entry.path}\0{stamp}\0{entry.label}\n".encode("utf-8"))
     for part in parts:
         h.update(f"|{part}".encode("utf-8"))
     return h.hexdigest()[:20]

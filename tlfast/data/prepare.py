@@ -43,7 +43,7 @@ class PreparedFolder:
 
 def prepare_folder(data_dir, *, validation_split=0.2, seed=0, cache_dir=None,
                    strict=False, max_pixels=scan_lib.DEFAULT_MAX_PIXELS,
-                   progress=None, skip_placeholders=True):
+                   progress=None, skip_placeholders=True, follow_links=False):
     """Lists, scans and splits an image folder.
 
     Args:
@@ -56,6 +56,8 @@ def prepare_folder(data_dir, *, validation_split=0.2, seed=0, cache_dir=None,
       strict: Fail on any bad file instead of skipping it.
       max_pixels: Decompression-bomb guard.
       progress: Optional callable(done, total) during the scan.
+      follow_links: Use links that resolve outside the folder (see
+        `tlfast.data.walk`).
       skip_placeholders: Skip "image not found" graphics (few colours, one
         covering most of the image); False keeps them (e.g. line drawings).
 
@@ -67,7 +69,7 @@ def prepare_folder(data_dir, *, validation_split=0.2, seed=0, cache_dir=None,
       ValueError: Fewer than two classes with usable training images, no
         usable validation image, or (strict) bad files.
     """
-    folder = sources.list_image_folder(data_dir)
+    folder = sources.list_image_folder(data_dir, follow_links)
     if folder.presplit:
         train = folder.splits["train"]
         validation = folder.splits.get("validation", [])

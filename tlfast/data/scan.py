@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import re
-import struct
 import time
 
 import numpy as np
@@ -21,6 +20,7 @@ import tensorflow as tf
 
 from tlfast import atomic
 from tlfast.config import DEFAULT_MAX_PIXELS
+from tlfast.data import headers
 from tlfast.data import pipeline
 from tlfast.data.sources import Skipped
 
@@ -61,107 +61,6 @@ class BadImagesError(ValueError):
             f"{lines}")
 
 
-def sniff_format(header):
-    """Names the image format from the first bytes of a file.
-
-    Args:
-      header: At least the first 32 bytes of the file.
-
-    Returns:
-      "jpeg", "png", "gif", "bmp", "webp", or the name of a known format TF
-      cannot decode ("tiff", "heic", ...), or None when unrecognised.
-    """
-    if header[:3] == b"\xff\xd8\xff":
-        return "jpeg"
-    if header[:8] == b"\x89PNG\r\n\x1a\n":
-        return "png"
-    if header[:6] in (b"GIF87a", b"GIF89a"):
-        return "gif"
-    if header[:2] == b"BM":
-        return "bmp"
-    if header[:4] == b"RIFF" and header[8:12] == b"WEBP":
-        return "webp"
-    if header[:4] in (b"II*\x00", b"MM\x00*"):
-        return "tiff"
-    if header[4:8] == b"ftyp":
-        return "heic/avif"
-    if header[:4] == b"%PDF":
-        return "pdf"
-    return None
-
-
-def _webp_size(data):
-    """(height, width) from the first chunk of a WebP file (RFC 9649)."""
-    chunk = data[12:16]
-    if chunk == b"VP8 " and data[23:26] == b"\x9d\x01\x2a":  # Lossy.
-        w, h = struct.unpack("<HH", data[26:30])
-        return h & 0x3FFF, w & 0x3FFF
-    if chunk == b"VP8L" and data[20:21] == b"\x2f":  # Lossless.
-        bits = struct.unpack("<I", data[21:25])[0]
-        return ((bits >> 14) & 0x3FFF) + 1, (bits & 0x3FFF) + 1
-    if chunk == b"VP8X":  # Extended: the canvas size.
-        w = int.from_bytes(data[24:27], "little") + 1
-        h = int.from_bytes(data[27:30], "little") + 1
-        return h, w
-    return None
-
-
-def _bmp_reason(data):
-    """Why TF would decode a BMP wrongly (palette images), or None."""
-    try:
-        header_size, = struct.unpack("<I", data[14:18])
-        if header_size < 40:  # OS/2 core header: left to the decoder.
-            return None
-        bits, = struct.unpack("<H", data[28:30])
-        if bits > 8:
-            return None
-        if bits < 8:
-            return (f"{bits}-bit BMP: TensorFlow cannot decode it (convert it "
-                    "to PNG)")
-        used = struct.unpack("<I", data[46:50])[0] or 256
-        start = 14 + header_size
-        palette = np.frombuffer(data[start:start + 4 * used], np.uint8)
-        palette = palette.reshape(-1, 4)[:, :3]
-    except (struct.error, ValueError):
-        return None  # Malformed: the decoder says how.
-    # TF reads the colour indices as grey levels: right only for a grey
-    # palette whose entry i is (i, i, i).
-    if np.array_equal(palette, np.repeat(np.arange(len(palette))[:, None], 3, 1)):
-        return None
-    return ("palette BMP (8-bit colour table): TensorFlow would read its "
-            "colour indices as grey levels (convert it to PNG)")
-
-
-def _webp_reason(data):
-    """Animated WebP, which TensorFlow does not decode, or None."""
-    if data[12:16] == b"VP8X" and len(data) > 20 and data[20] & 0x02:
-        return ("animated WebP: TensorFlow decodes only still WebP images "
-                "(convert it to GIF, or its first frame to PNG)")
-    return None
-
-
-def _header_size(fmt, data):
-    """(height, width) from the header, or None when it does not say."""
-    try:
-        if fmt == "jpeg":
-            h, w, _ = tf.image.extract_jpeg_shape(data).numpy()
-            return int(h), int(w)
-        if fmt == "png":
-            w, h = struct.unpack(">II", data[16:24])
-            return h, w
-        if fmt == "gif":
-            w, h = struct.unpack("<HH", data[6:10])
-            return h, w
-        if fmt == "bmp":
-            w, h = struct.unpack("<ii", data[18:26])
-            return abs(h), abs(w)
-        if fmt == "webp":
-            return _webp_size(data)
-    except (tf.errors.InvalidArgumentError, struct.error):
-        return None
-    return None
-
-
 def placeholder_reason(image):
     """Says why a decoded image looks like a placeholder graphic, or None.
 
@@ -192,7 +91,8 @@ def check_image(path, max_pixels=DEFAULT_MAX_PIXELS, skip_placeholders=True):
 
     Args:
       path: File to check.
-      max_pixels: Larger images are refused before decoding.
+      max_pixels: Larger images are refused before decoding (see
+        `tlfast.data.headers`: frames count for animated GIFs).
       skip_placeholders: Refuse blank / "image not found" graphics.
 
     Returns:
@@ -200,25 +100,14 @@ def check_image(path, max_pixels=DEFAULT_MAX_PIXELS, skip_placeholders=True):
       "height", "width"; else `(reason, None)` with a specific reason.
     """
     try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        return f"cannot read file: {e.strerror or e}", None
-    if not data:
-        return "empty file (0 bytes)", None
-    fmt = sniff_format(data[:32])
-    if fmt is None:
-        return "not an image (unrecognised file header)", None
-    if fmt not in ("jpeg", "png", "gif", "bmp", "webp"):
-        return f"unsupported image format '{fmt}' (convert it to JPEG or PNG)", None
-    reason = (_bmp_reason(data) if fmt == "bmp" else
-              _webp_reason(data) if fmt == "webp" else None)
+        image_file = headers.read_image_file(path, max_pixels)
+    except headers.Refused as e:
+        return str(e), None
+    data, fmt = image_file.data, image_file.format
+    reason = (headers.bmp_reason(data) if fmt == "bmp" else
+              headers.webp_reason(data) if fmt == "webp" else None)
     if reason:
         return reason, None
-    size = _header_size(fmt, data)
-    if size is not None and size[0] * size[1] > max_pixels:
-        return (f"image too large: {size[1]}x{size[0]} pixels exceeds the "
-                f"limit of {max_pixels} (decompression-bomb guard)"), None
     try:
         image = pipeline.decode_rgb(data)  # As the pipeline will decode it.
     except (tf.errors.InvalidArgumentError, tf.errors.ResourceExhaustedError) as e:
@@ -227,7 +116,7 @@ def check_image(path, max_pixels=DEFAULT_MAX_PIXELS, skip_placeholders=True):
         message = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", message)
         return f"corrupt or truncated {fmt}: {message.strip()}", None
     height, width = int(image.shape[0]), int(image.shape[1])
-    if height * width > max_pixels:
+    if height * width > max_pixels:  # The header said less: forged.
         return (f"image too large: {width}x{height} pixels exceeds the limit "
                 f"of {max_pixels} (decompression-bomb guard)"), None
     if min(height, width) < MIN_SIDE:
@@ -333,7 +222,7 @@ def scan_files(entries, *, root=None, cache_dir=None, max_pixels=DEFAULT_MAX_PIX
     for entry in entries:
         reason = verdicts[entry.path]
         if reason is None:
-            usable.append(entry)
+            usable.append(dataclasses.replace(entry, size=stats[entry.path][0]))
         else:
             skipped.append(Skipped(entry.path, reason))
     if strict and skipped:

@@ -8,6 +8,10 @@ matches outputs to ids by each element's "index".
 
 Local use:   tlfast-data-service --port=5050 --workers=2
 Then train:  tlfast-train ... --data_service_address=grpc://localhost:5050
+
+The servers listen on every network interface and authenticate no one: any
+peer that reaches the ports can read the images and run the dataset graphs
+it sends. Run them on a trusted network only, behind a firewall.
 """
 
 import dataclasses
@@ -71,3 +75,38 @@ def start_local_service(num_workers=2, port=0):
         tf.data.experimental.service.WorkerConfig(dispatcher_address=target))
         for _ in range(num_workers)]
     return dispatcher, workers
+
+
+EXPOSURE = ("listening on every interface, without authentication: anyone "
+            "who reaches port {ports} can read the images; use a trusted "
+            "network only, behind a firewall")
+
+
+def start_servers(config):
+    """Starts the servers `config` (a `tlfast.config.ServiceConfig`) asks for.
+
+    Returns:
+      (servers, one line saying what runs where, and who can reach it).
+    """
+    service = tf.data.experimental.service
+    if config.role == "all":
+        dispatcher, workers = start_local_service(config.workers, config.port)
+        port = dispatcher.target.rsplit(":", 1)[1]
+        return [dispatcher, *workers], (
+            f"tf.data service at {dispatcher.target} with {len(workers)} "
+            f"worker(s), {EXPOSURE.format(ports=f'{port} and the workers')}; "
+            f"pass --data_service_address={dispatcher.target} to tlfast-train")
+    if config.role == "dispatcher":
+        dispatcher = service.DispatchServer(
+            service.DispatcherConfig(port=config.port))
+        port = dispatcher.target.rsplit(":", 1)[1]
+        return [dispatcher], (
+            f"dispatcher at {dispatcher.target}, {EXPOSURE.format(ports=port)}")
+    host = config.worker_address or "localhost"
+    worker = service.WorkerServer(service.WorkerConfig(
+        dispatcher_address=config.dispatcher.split("://")[-1],
+        worker_address=f"{host}:%port%", port=config.worker_port))
+    return [worker], (
+        f"worker for dispatcher {config.dispatcher}, reached by trainers at "
+        f"{host}:{config.worker_port or '(a free port)'}, "
+        f"{EXPOSURE.format(ports=config.worker_port or 'its')}")

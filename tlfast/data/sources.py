@@ -11,7 +11,10 @@ Files are listed, not opened, here: `tlfast.data.scan` decides which are usable.
 
 import dataclasses
 import os
+import re
 from pathlib import Path
+
+from tlfast.data import walk
 
 # What `tf.io.decode_image` can decode. Matched on the lower-cased suffix; the
 # scan then checks the header, so a PNG named `.jpg` still works.
@@ -33,11 +36,14 @@ class FileEntry:
         relpath: Path relative to the dataset root, with `/` separators; the
             stable identity used by the split and the caches.
         label: Integer class index into the folder's `class_names`.
+        size: Bytes of the file when the scan checked it (None before the
+            scan): the pipeline decodes it only while it still has them.
     """
 
     path: str
     relpath: str
     label: int
+    size: int = None
 
 
 def content_id(path, relpath):
@@ -49,7 +55,12 @@ def content_id(path, relpath):
     `os`: the TFDS builder calls it, and TFDS's builder tests forbid `os`.
     """
     st = Path(path).stat()
-    return f"{relpath}|{st.st_size}|{st.st_mtime_ns}"
+    return content_id_of(relpath, st.st_size, st.st_mtime_ns)
+
+
+def content_id_of(relpath, size, mtime_ns):
+    """The content id of a file with this relpath, size and mtime."""
+    return f"{relpath}|{size}|{mtime_ns}"
 
 
 def example_id(entry):
@@ -87,6 +98,9 @@ class ImageFolder:
         return "all" not in self.splits
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
 def _is_hidden(name):
     return name.startswith(".")
 
@@ -94,6 +108,14 @@ def _is_hidden(name):
 def _class_dirs(path):
     names = sorted(entry.name for entry in os.scandir(path)
                    if entry.is_dir() and not _is_hidden(entry.name))
+    control = [name for name in names if _CONTROL.search(name)]
+    if control:
+        # A class name goes into labels.txt (one per line), CSVs and the
+        # console: a newline or escape sequence in it would forge lines.
+        raise ValueError(
+            f"Class folder names must not contain control characters "
+            f"(newlines, tabs, escape sequences); rename the folders in "
+            f"'{path}'. Received: {control}")
     bad = [name for name in names if not is_utf8(name)]
     if bad:
         # A class name is written to labels.txt, TFDS metadata and the
@@ -120,34 +142,35 @@ def is_utf8(name):
     return True
 
 
-def _list_class_files(root, split_dir, class_name, label, skipped):
-    """Walks one class folder (recursively), never following directory links.
+def _list_class_files(root, split_dir, class_name, label, skipped,
+                      follow_links=False):
+    """Lists one class folder (recursively) through `walk.walk_files`.
 
-    Not following links is what keeps a symlink loop from hanging the listing.
+    Special files, links out of the folder and link loops are reported in
+    `skipped` with their reasons (see `tlfast.data.walk`).
     """
     files = []
     class_dir = os.path.join(split_dir, class_name)
-    for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=False):
-        dirnames[:] = sorted(d for d in dirnames if not _is_hidden(d))
-        for name in sorted(filenames):
-            path = os.path.join(dirpath, name)
-            if name.lower() in OS_METADATA_FILES:
-                skipped.append(Skipped(path, "operating-system metadata file, "
-                                       "not an image"))
-                continue
-            if _is_hidden(name):
-                continue
-            if os.path.splitext(name)[1].lower() not in IMAGE_EXTENSIONS:
-                ext = os.path.splitext(name)[1] or name
-                skipped.append(Skipped(
-                    path, f"unsupported file extension '{ext}' (expected one "
-                    f"of {', '.join(IMAGE_EXTENSIONS)})"))
-                continue
-            relpath = Path(os.path.relpath(path, root)).as_posix()
-            if not is_utf8(relpath):
-                skipped.append(Skipped(path, NOT_UTF8))
-                continue
+    walked = walk.walk_files(class_dir, os.path.realpath(root),
+                             follow_links=follow_links,
+                             hidden=lambda n: _is_hidden(n)
+                             and n.lower() not in OS_METADATA_FILES)
+    for path, reason in walked:
+        name = os.path.basename(path)
+        if reason is None and name.lower() in OS_METADATA_FILES:
+            reason = "operating-system metadata file, not an image"
+        elif reason is None and (
+                os.path.splitext(name)[1].lower() not in IMAGE_EXTENSIONS):
+            ext = os.path.splitext(name)[1] or name
+            reason = (f"unsupported file extension '{ext}' (expected one of "
+                      f"{', '.join(IMAGE_EXTENSIONS)})")
+        relpath = Path(os.path.relpath(path, root)).as_posix()
+        if reason is None and not is_utf8(relpath):
+            reason = NOT_UTF8
+        if reason is None:
             files.append(FileEntry(path, relpath, label))
+        else:
+            skipped.append(Skipped(path, reason))
     return files
 
 
@@ -159,11 +182,14 @@ def _find_child(root, names):
     return None
 
 
-def list_image_folder(root):
+def list_image_folder(root, follow_links=False):
     """Lists an image folder of either supported layout.
 
     Args:
         root: Dataset root (str or path-like).
+        follow_links: Use files and folders reached through symbolic links
+            that resolve outside `root` (by default they are skipped and
+            reported; see `tlfast.data.walk`).
 
     Returns:
         An `ImageFolder`.
@@ -187,7 +213,8 @@ def list_image_folder(root):
         _report_loose_images(root, skipped)
         files = []
         for label, name in enumerate(class_names):
-            files += _list_class_files(root, root, name, label, skipped)
+            files += _list_class_files(root, root, name, label, skipped,
+                                       follow_links)
         splits = {"all": files}
     else:
         train_dir = os.path.join(root, train_name)
@@ -215,7 +242,8 @@ def list_image_folder(root):
             files = []
             for label, name in enumerate(class_names):
                 if os.path.isdir(os.path.join(split_dir, name)):
-                    files += _list_class_files(root, split_dir, name, label, skipped)
+                    files += _list_class_files(root, split_dir, name, label,
+                                               skipped, follow_links)
             splits[split] = files
     return ImageFolder(root, class_names, splits, tuple(skipped))
 

@@ -97,5 +97,5 @@ def read_split(path):
     with open(path, newline="", encoding="utf-8-sig") as f:
         for row in csv.DictReader(f):
             out.setdefault(row["split"], []).append(
-                (row["relpath"], int(row["label"])))
+                (atomic.csv_value(row["relpath"]), int(row["label"])))
     return out

@@ -19,13 +19,13 @@ prepared anew instead of being served stale.
 
 import dataclasses
 import inspect
-import pathlib
 
 from absl import logging
 from etils import epath
 import tensorflow_datasets as tfds
 
 from tlfast.data import prepare
+from tlfast.data import headers
 from tlfast.data import scan as scan_lib
 from tlfast.data import sources
 
@@ -45,6 +45,7 @@ class ImageFolderConfig(tfds.core.BuilderConfig):
       seed: Seed of tlfast's stable split.
       max_pixels: Decompression-bomb guard of the scan.
       skip_placeholders: The scan skips "image not found" graphics.
+      follow_links: The listing uses links out of the folder.
       cache_dir: Where the scan remembers its verdicts; None disables that.
         Does not change the prepared data, so not part of the fingerprint.
       strict: Fail on any bad file instead of skipping it.
@@ -57,6 +58,7 @@ class ImageFolderConfig(tfds.core.BuilderConfig):
     seed: int = 0
     max_pixels: int = scan_lib.DEFAULT_MAX_PIXELS
     skip_placeholders: bool = True
+    follow_links: bool = False
     cache_dir: str = None
     strict: bool = False
     progress: object = dataclasses.field(default=None, repr=False)
@@ -118,7 +120,8 @@ class TlfastImageFolder(tfds.core.GeneratorBasedBuilder):
             config.root, validation_split=config.validation_split,
             seed=config.seed, cache_dir=config.cache_dir, strict=config.strict,
             max_pixels=config.max_pixels, progress=config.progress,
-            skip_placeholders=config.skip_placeholders)
+            skip_placeholders=config.skip_placeholders,
+            follow_links=config.follow_links)
         if tuple(data.class_names) != tuple(config.class_names):
             raise ValueError(
                 f"The classes of '{config.root}' changed while it was being "
@@ -141,20 +144,24 @@ class TlfastImageFolder(tfds.core.GeneratorBasedBuilder):
             # preparation resumes its scan).
             "scan_cached": int(data.scan_cached),
         })
-        return {name: self._generate_examples(entries)
+        return {name: self._generate_examples(entries, config.max_pixels)
                 for name, entries in splits.items()}
 
-    def _generate_examples(self, entries):
+    def _generate_examples(self, entries, max_pixels):
         for entry in entries:
             try:
-                image = pathlib.Path(entry.path).read_bytes()
-                identity = sources.content_id(entry.path, entry.relpath)
-            except OSError as e:
-                # Gone since the scan: the folder's fingerprint changed too,
-                # so the next run prepares it again.
-                logging.warning("Leaving out %s, unreadable since the scan: %s",
+                # Read again through the guard: the bytes stored are the
+                # bytes checked, and their id is of the file that was read.
+                read = headers.read_image_file(entry.path, max_pixels)
+            except headers.Refused as e:
+                # Changed since the scan: the folder's fingerprint changed
+                # too, so the next run prepares it again.
+                logging.warning("Leaving out %s, changed since the scan: %s",
                                 entry.path, e)
                 continue
+            image = read.data
+            identity = sources.content_id_of(entry.relpath, read.size,
+                                             read.mtime_ns)
             # relpath is unique in the folder and independent of where the
             # folder lives, so the record order is the same everywhere.
             yield entry.relpath, {
