@@ -74,6 +74,7 @@ import tensorflow as tf  # noqa: E402
 import tlfast  # noqa: E402
 from tlfast import backbones  # noqa: E402
 from tlfast.config import TrainConfig  # noqa: E402
+from tlfast.precision import resolve_precision  # noqa: E402
 
 import inputs  # noqa: E402
 import models  # noqa: E402
@@ -97,7 +98,8 @@ flags.DEFINE_list("backbones", ["mobilenet_v2"], "Backbone registry names, "
 flags.DEFINE_list("modes", ["forward", "extract", "head", "finetune"],
                   f"Modes to run, comma separated: {', '.join(ALL_MODES)}.")
 flags.DEFINE_list("precision", ["float32"], "Keras dtype policies, comma "
-                  "separated, e.g. float32,mixed_bfloat16.")
+                  "separated, e.g. float32,mixed_bfloat16; auto: what "
+                  "tlfast-train --precision=auto picks on this device.")
 flags.DEFINE_string("weights", "none", "imagenet | none | path to a weights "
                     "file. Throughput does not depend on the values.")
 flags.DEFINE_integer("batch_size", 32, "Batch size (the head has its own).")
@@ -255,6 +257,8 @@ def _check_flags():
         except ValueError as e:
             raise app.UsageError(str(e))
     for policy in FLAGS.precision:
+        if policy == "auto":  # tlfast's choice for this device.
+            continue
         try:
             keras.mixed_precision.Policy(policy)
         except ValueError as e:
@@ -315,7 +319,10 @@ def main(argv):
         jobs = []
         for backbone in FLAGS.backbones:
             for precision in FLAGS.precision:
-                jobs.append(Job(settings, workdir, backbone, precision, rows))
+                # "auto": what tlfast-train --precision=auto resolves to here
+                # (bf16 on tensor-core GPUs, float32 on a CPU).
+                jobs.append(Job(settings, workdir, backbone,
+                                resolve_precision(precision), rows))
         input_job = Job(settings, workdir, rows=rows)
         # One backbone's model modes run back to back, so that forward and
         # extract (whose ratio matters) see the same machine load; a job's

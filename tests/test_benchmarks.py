@@ -190,3 +190,21 @@ def test_recipe_and_input_modes(tmp_path):
         assert row["speedup_vs_seed"] == pytest.approx(seed["seconds"] / row["seconds"])
     assert all(r["images_per_sec"] > 0 for r in rows)
     assert "tlfast_recipe speed-up over seed_recipe" in result.stdout
+
+
+def test_gpu_check_smoke_runs_every_step(tmp_path):
+    # The device run's rehearsal: every step at CPU size (issue: GPU check).
+    out = tmp_path / "rows.jsonl"
+    result = run_script([REPO / "benchmarks" / "gpu_check.py", "--smoke",
+                         f"--out={out}", f"--work_dir={tmp_path / 'work'}"])
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    rows = read_rows(out)
+    modes = [r["mode"] for r in rows]
+    assert modes[0] == "make_folder" and modes[-2:] == [
+        "tlfast_train_cold", "tlfast_train_warm"]
+    assert {"forward", "extract", "finetune", "bare_decode", "idg"} <= set(modes)
+    model_rows = [r for r in rows if r["mode"] in ("forward", "extract")]
+    # --precision=auto resolves to a policy on every model row (float32 here).
+    assert all(r["precision"] == "float32" for r in model_rows)
+    warm = rows[-1]
+    assert warm["feature_cache"] == "hit" and rows[-2]["feature_cache"] == "miss"
