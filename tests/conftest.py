@@ -15,14 +15,17 @@ SHARED_ASSETS = Path(__file__).resolve().parents[2] / "shared" / "assets"
 def tiny_train_config(tmp_path, data_dir, **overrides):
     """A `TrainConfig` for the tiny test backbone on 32-px images.
 
-    Outputs go to tmp_path/out, caches to tmp_path/cache; `overrides`
-    replaces any field.
+    Outputs go to tmp_path/out, caches to tmp_path/cache, no augmented
+    views; `overrides` replaces any field.
     """
     from tlfast import training
 
     fields = dict(data_dir=str(data_dir), output_dir=str(tmp_path / "out"),
                   cache_dir=str(tmp_path / "cache"), backbone="tiny_test",
-                  weights=None, image_size=32, epochs=3, batch_size=8)
+                  weights=None, image_size=32, epochs=3, batch_size=8,
+                  # No augmented views by default (the library's default
+                  # caches 2 for small sets): tests count forwarded images.
+                  augment_views=0)
     fields.update(overrides)
     return training.TrainConfig(**fields)
 

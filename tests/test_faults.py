@@ -190,8 +190,9 @@ _DRIVER = textwrap.dedent("""
         class Kill(keras.callbacks.Callback):
             def on_epoch_end(self, epoch, logs=None):
                 die()
-        def train(h, tr, va, cfg, callbacks=()):
-            return real_train(h, tr, va, cfg, callbacks=[*callbacks, Kill()])
+        def train(h, tr, va, cfg, callbacks=(), **kwargs):
+            return real_train(h, tr, va, cfg, callbacks=[*callbacks, Kill()],
+                              **kwargs)
         training.head_lib.train_head = train
     keras.utils.set_random_seed(0)
     metrics = training.run_training(config)

@@ -106,7 +106,7 @@ def test_digest_is_stable_and_covers_every_field():
     changes = dict(backbone="other", weights="sha256:0123", image_size=32,
                    resize="crop", preprocessing="caffe", precision="mixed_float16",
                    view=2, augment="rotate", seed=4, dtype="float32",
-                   source="/data/photos")
+                   source="/data/photos", decode=2)
     assert set(changes) == {f.name for f in dataclasses.fields(ft.FeatureKey)}
     digests = {key.digest()}
     for name, value in changes.items():

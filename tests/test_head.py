@@ -202,3 +202,61 @@ def test_label_smoothing_loss_is_saved_with_the_model(tmp_path):
     expected = -(smoothed * np.log(np.clip(probs, 1e-7, 1))).sum(1).mean()
     got = float(loaded.compute_loss(x=x, y=y, y_pred=loaded(x)))
     assert got == pytest.approx(expected, rel=1e-4)
+
+
+def test_small_sets_get_enough_steps():
+    # 244 images (hymenoptera) at the default 256: 10 steps an epoch at 50
+    # epochs, and 100 steps in all at 3 epochs.
+    assert head_lib.step_batch_size(244, 256, 50) == 25
+    assert head_lib.step_batch_size(244, 256, 3) == 8
+    assert head_lib.step_batch_size(100_000, 256, 50) == 256
+    assert head_lib.step_batch_size(5, 256, 50) == 8
+
+
+def test_balanced_class_weights_are_inverse_frequency():
+    weights = head_lib.balanced_class_weights([0, 0, 0, 1, 2, 2], 4)
+    np.testing.assert_allclose(weights, [6 / 9, 2.0, 1.0, 0.0])
+    counts = np.bincount([0, 0, 0, 1, 2, 2], minlength=4)
+    assert (weights * counts).sum() == pytest.approx(6.0)  # Same total weight.
+
+
+def test_balanced_weights_raise_the_recall_of_a_rare_class():
+    rng = np.random.default_rng(0)
+    # Overlapping classes, 20:1: unweighted, the rare class is mostly lost.
+    x = np.concatenate([rng.normal(0, 1, (400, 8)), rng.normal(0.8, 1, (20, 8))])
+    y = np.array([0] * 400 + [1] * 20)
+    vx = np.concatenate([rng.normal(0, 1, (200, 8)), rng.normal(0.8, 1, (200, 8))])
+    vy = np.array([0] * 200 + [1] * 200)
+    recall = {}
+    for name, weights in (("none", None),
+                          ("balanced", head_lib.balanced_class_weights(y, 2))):
+        keras.utils.set_random_seed(0)
+        config = head_lib.HeadConfig(epochs=30, patience=0, dropout=0.0)
+        head = head_lib.build_head(8, 2, config)
+        head_lib.train_head(head, (x.astype("float32"), y), None, config,
+                            class_weights=weights)
+        predicted = head_lib.predict_head(head, vx.astype("float32")).argmax(1)
+        recall[name] = (predicted[vy == 1] == 1).mean()
+    assert recall["balanced"] > recall["none"] + 0.2, recall
+
+
+def test_class_weights_weigh_the_loss_on_both_paths(monkeypatch):
+    (x, y), (vx, vy) = _blobs(), _blobs(seed=3, n=50)
+    weights = np.array([0.5, 1.0, 3.0], np.float32)
+    config = head_lib.HeadConfig(epochs=3, batch_size=64, patience=0, dropout=0.0)
+
+    def train():
+        keras.utils.set_random_seed(0)
+        head = head_lib.build_head(16, 3, config)
+        history = head_lib.train_head(head, (x, y), (vx, vy), config,
+                                      class_weights=weights).history
+        return history, head.get_weights()
+
+    compiled, compiled_weights = train()
+    monkeypatch.setattr(head_lib, "_compiled_epochs", lambda *a, **k: None)
+    loop, loop_weights = train()
+    # Training accuracy is unweighted on the compiled path only.
+    for key in ("loss", "val_loss", "val_accuracy"):
+        np.testing.assert_allclose(compiled[key], loop[key], rtol=1e-5, err_msg=key)
+    for got, expected in zip(compiled_weights, loop_weights):
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)

@@ -378,3 +378,34 @@ def test_a_new_cache_folder_is_the_users_alone(tiny_config):
     _run(tiny_config)
     mode = stat.S_IMODE(os.stat(tiny_config.cache_dir).st_mode)
     assert mode & 0o077 == 0, oct(mode)
+
+
+def test_small_sets_train_the_head_on_augmented_views_by_default(
+        tiny_config, caplog):
+    config = dataclasses.replace(tiny_config, augment_views=None)
+    with caplog.at_level("INFO", logger="tlfast"):
+        metrics = _run(config)
+    assert metrics["augment_views"] == 2
+    assert metrics["backbone_images_forwarded"] == (
+        3 * metrics["num_train"] + metrics["num_val"])
+    assert "extract_views" in metrics["timings_s"]
+    assert "[augment] flip,rotation" in caplog.text and "2 augmented" in caplog.text
+    none = dataclasses.replace(config, augment="none",
+                               output_dir=config.output_dir + "_none")
+    assert _run(none)["augment_views"] == 0
+
+
+def test_fine_tuning_warms_up_decays_and_keeps_its_best_epoch(tiny_config):
+    schedule = training.fine_tune_schedule(1e-3, num_train=100, batch_size=10,
+                                           epochs=5)
+    rates = [float(schedule(step)) for step in (0, 5, 10, 30, 49)]
+    assert rates[0] == 0.0 and rates[1] == pytest.approx(5e-4)
+    assert rates[2] == pytest.approx(1e-3) and rates[2] > rates[3] > rates[4]
+    config = dataclasses.replace(tiny_config, fine_tune_epochs=3, patience=1)
+    metrics = _run(config)
+    stages = metrics["stages"]
+    assert set(stages) == {"head", "fine_tune"}
+    assert 1 <= stages["fine_tune"]["best_epoch"] <= 3
+    assert metrics["val_accuracy"] == stages["fine_tune"]["val_accuracy"]
+    assert training.kept_epoch({"loss": [1, 1, 1], "val_loss": [3, 1, 2]}, 2) == 2
+    assert training.kept_epoch({"loss": [1, 1, 1], "val_loss": [3, 1, 2]}, 0) == 3

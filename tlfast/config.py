@@ -26,6 +26,14 @@ DISTRIBUTIONS = ("none", "mirrored", "multi_worker", "tpu")
 EXPORT_FORMATS = ("keras", "saved_model", "tflite", "tflite_int8")
 EVAL_SPLITS = ("auto", "validation", "train", "test", "all")
 FEATURE_DTYPES = ("float16", "float32")
+CLASS_WEIGHTS = ("none", "balanced")
+# Augmented views cached by default for small training sets: with cached
+# views the head trains on augmented features, without them only fine-tuning
+# sees augmentation. Measured (MobileNet-0.25, "standard"): hymenoptera (244
+# training images) 0.8954 -> 0.9020 with 2 views (4 views: 0.8954), +4.6 s of
+# extraction here; flowers224 (2,569) unchanged at 0.8655, +45 s.
+AUTO_VIEWS = 2
+AUTO_VIEWS_MAX_TRAIN = 5000
 SERVICE_ROLES = ("all", "dispatcher", "worker")
 DEFAULT_CACHE_DIR = os.path.join("~", ".cache", "tlfast")
 # PIL's own decompression-bomb limit (Image.MAX_IMAGE_PIXELS): 1024*1024*1024
@@ -122,7 +130,9 @@ class HeadConfig:
       dropout: Dropout rate before each Dense layer.
       learning_rate: Adam learning rate.
       epochs: Maximum epochs (early stopping usually ends sooner).
-      batch_size: Examples per step.
+      batch_size: Examples per step at most; a smaller training set gets
+        smaller batches, so that an epoch has 10 steps and the training 100
+        (`head.step_batch_size`).
       patience: Early-stopping patience in epochs, on validation loss; the
         best epoch's weights are restored. 0 disables early stopping.
       label_smoothing: Cross-entropy label smoothing.
@@ -184,15 +194,23 @@ class TrainConfig:
     # Cached feature vectors are tiny: big head batches keep an epoch to a
     # few steps (per-step overhead dominates on small heads).
     head_batch_size: int = setting(
-        _HEAD.batch_size, "Batch size for head training on cached features.")
+        _HEAD.batch_size, "Largest batch for head training on cached features "
+        "(a smaller set gets smaller batches: 10 steps an epoch, 100 in all).")
     epochs: int = setting(_HEAD.epochs, "Maximum head-training epochs "
                           "(early stopping on validation loss).")
     learning_rate: float = setting(_HEAD.learning_rate, "Head learning rate.")
     hidden_units: int = setting(_HEAD.hidden_units, "Hidden layer width in "
                                 "the head (0: linear head).")
     dropout: float = setting(_HEAD.dropout, "Head dropout rate.")
-    patience: int = setting(_HEAD.patience, "Early-stopping patience "
-                            "(0: off).")
+    patience: int = setting(
+        _HEAD.patience, "Early-stopping patience in epochs on validation loss, "
+        "for the head and for fine-tuning; the best epoch's weights are "
+        "restored (0: off, the last epoch's weights are kept).")
+    class_weight: str = setting(
+        "none", "balanced: weigh each class's examples by inverse frequency "
+        "(n / (classes x n_class)) in the head's and fine-tuning's loss, so "
+        "that rare classes count as much as common ones.",
+        choices=CLASS_WEIGHTS)
     label_smoothing: float = setting(_HEAD.label_smoothing,
                                      "Label smoothing.")
     fine_tune_epochs: int = setting(0, "Epochs of end-to-end fine-tuning "
@@ -204,8 +222,12 @@ class TrainConfig:
     augment: str = setting(
         "standard", "Augmentation preset (none, flip, light, standard, "
         "seed_recipe, strong) or ops list, e.g. 'flip,rotation:0.1,zoom:0.2'.")
-    augment_views: int = setting(0, "Augmented views per training image to "
-                                 "cache as extra features.")
+    augment_views: int | None = setting(
+        None, "Augmented views of each training image cached as extra "
+        "head-training features (each view costs a backbone pass). Default: "
+        f"{AUTO_VIEWS} for training sets of up to {AUTO_VIEWS_MAX_TRAIN} "
+        "images, 0 above (augmentation then takes part only in "
+        "fine-tuning); 0 with --augment=none.")
     precision: str = setting(
         "auto", "Compute precision (auto: mixed on capable GPUs, float32 on "
         "CPU). tlfast-train sets the Keras policy; library callers set it "
@@ -280,7 +302,8 @@ class TrainConfig:
             ("fine_tune_learning_rate", _positive, "> 0"),
             ("fine_tune_epochs", _at_least(0), "an integer >= 0"),
             ("fine_tune_blocks", _at_least(0), "an integer >= 0"),
-            ("augment_views", _at_least(0), "an integer >= 0"),
+            ("augment_views", lambda v: v is None or _at_least(0)(v),
+             "None (auto) or an integer >= 0"),
             ("ram_budget_mb", _at_least(0), "an integer >= 0"),
             ("feature_shard_size", _at_least(1), "an integer >= 1"),
             ("max_pixels", _at_least(1), "an integer >= 1"),
@@ -344,6 +367,20 @@ class TrainConfig:
     @property
     def export_formats(self):
         return export_formats(self.export)
+
+    def views_for(self, num_train):
+        """The augmented views a run with `num_train` training images caches.
+
+        `augment_views`, or when None (auto): `AUTO_VIEWS` for up to
+        `AUTO_VIEWS_MAX_TRAIN` images with augmentation ops, else 0.
+        """
+        from tlfast.data.augment_spec import parse_augmentation
+
+        if self.augment_views is not None:
+            return self.augment_views
+        if not parse_augmentation(self.augment) or num_train > AUTO_VIEWS_MAX_TRAIN:
+            return 0
+        return AUTO_VIEWS
 
     @property
     def lock_timeout(self):

@@ -19,6 +19,7 @@ from tlfast import distribute
 from tlfast import features as features_lib
 from tlfast import model as model_lib
 from tlfast.data import augment as augment_lib
+from tlfast.data import pipeline
 from tlfast.progress import Phase
 
 log = logging.getLogger("tlfast")
@@ -96,9 +97,10 @@ def _jobs(train, validation, run, identity):
     base = dict(backbone=spec.name, weights=identity,
                 image_size=run.image_size, resize=config.resize,
                 preprocessing=spec.preprocessing, precision=run.policy,
-                dtype=config.feature_dtype, source=run.source)
+                dtype=config.feature_dtype, source=run.source,
+                decode=pipeline.DECODE_VERSION)
     jobs = [(validation, features_lib.FeatureKey(**base), None)]
-    for view in range(config.augment_views + 1):
+    for view in range(run.views + 1):
         augmentation = None
         if view:
             augmentation = augment_lib.make_augmentation(
@@ -130,6 +132,7 @@ def extract_all(train, validation, backbone_model, run, timings, strategy=None):
     results, stats = [], []
     with Phase("extract", total=total, timings=timings) as phase:
         clean = model_lib.build_feature_model(backbone_model)
+        views_seconds = 0.0
         for examples, key, augmentation in jobs:
             feature_model = clean if augmentation is None else (
                 model_lib.build_feature_model(backbone_model, augmentation))
@@ -141,6 +144,11 @@ def extract_all(train, validation, backbone_model, run, timings, strategy=None):
             phase.update(offset + len(examples), force=True)
             results.append(feats)
             stats.append(stat)
+            if key.view:
+                views_seconds += stat.seconds
+    if run.views:
+        # Part of "extract": what the augmented views cost.
+        timings["extract_views"] = round(views_seconds, 3)
     forwarded = sum(s.forwarded for s in stats)
     cached = sum(s.cached for s in stats)
     status = "hit" if not forwarded else ("miss" if not cached else "partial")

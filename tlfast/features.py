@@ -53,6 +53,8 @@ class FeatureKey:
       augment: Canonical augmentation spec (only used when view >= 1).
       seed: Augmentation seed (only used when view >= 1).
       dtype: Storage dtype, "float16" or "float32".
+      decode: `tlfast.data.pipeline.DECODE_VERSION` of the pixels (0: not
+        given; left out of the digest, as `source`).
       source: Where the examples come from (the data folder's real path, or
         "tfds:<name>"): example ids are relative to it, so two copies of a
         folder (same layout, sizes and times) do not share features.
@@ -69,6 +71,7 @@ class FeatureKey:
     seed: int = 0
     dtype: str = "float16"
     source: str = ""
+    decode: int = 0
 
     def __post_init__(self):
         ints = (self.image_size, self.view, self.seed)
@@ -88,10 +91,12 @@ class FeatureKey:
         fields = dataclasses.asdict(self)
         if self.view == 0:
             fields.update(augment="", seed=0)
+        # Keys made without them (before they existed, or by a library
+        # caller) keep their digests, so their caches stay found.
         if not self.source:
-            # Keys made without a source (before it existed, or by a library
-            # caller) keep their digests, so their caches stay found.
             del fields["source"]
+        if not self.decode:
+            del fields["decode"]
         return fields
 
     def digest(self):

@@ -41,6 +41,8 @@ class ResolvedRun:
       head: The head's `HeadConfig`.
       policy: The Keras dtype policy in force, e.g. "float32".
       replicas: Model replicas of the distribution strategy.
+      views: Augmented views cached per training image (`config.views_for`
+        once the training set's size is known).
     """
 
     config: TrainConfig
@@ -50,6 +52,7 @@ class ResolvedRun:
     head: HeadConfig
     policy: str
     replicas: int = 1
+    views: int = 0
 
     @property
     def cache_dir(self):

@@ -222,7 +222,8 @@ def _stale(key, config, run, metrics):
 
 def _reused_metrics(metrics, config):
     """The earlier run's metrics, as this run that trained nothing reports them."""
-    features = (int(metrics["num_train"]) * (config.augment_views + 1)
+    views = metrics.get("augment_views", config.augment_views or 0)
+    features = (int(metrics["num_train"]) * (views + 1)
                 + int(metrics["num_val"]))
     return {
         **metrics,

@@ -43,6 +43,9 @@ def finish_run(classifier, data, run, folder, timings, val_probs=None):
                     metrics_file=run_folder.EVALUATION)
         report["evaluation"] = {k: result[k] for k in (
             "accuracy", "top_k", "top_k_accuracy") if k in result}
+        report["evaluation"]["per_class_recall"] = {
+            name: scores["recall"]
+            for name, scores in result.get("per_class", {}).items()}
     if config.export_formats:
         with Phase("export", timings=timings):
             report["exports"] = _export(classifier, data, run, folder)

@@ -20,6 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from tlfast import backbones
+from tlfast import config as config_lib
 from tlfast import distribute
 from tlfast import extraction
 from tlfast import head as head_lib
@@ -42,7 +43,7 @@ def estimate_cache_bytes(data, run):
     """Disk the feature cache (and a spilled pixel cache) may need."""
     config, size = run.config, run.image_size
     itemsize = 2 if config.feature_dtype == "float16" else 4
-    examples = len(data.train) * (config.augment_views + 1) + len(data.validation)
+    examples = len(data.train) * (run.views + 1) + len(data.validation)
     needed = examples * run.spec.feature_dim * itemsize
     if config.fine_tune_epochs:
         pixels = (len(data.train) + len(data.validation)) * size * size * 3
@@ -77,8 +78,26 @@ def split_ram_budget(pconfig, num_train, num_val):
     return pconfig, dataclasses.replace(pconfig, ram_budget_mb=max(0, int(left)))
 
 
-def fine_tune(classifier, backbone_model, run, data, timings, callbacks):
+def fine_tune_schedule(learning_rate, num_train, batch_size, epochs):
+    """Linear warm-up, then cosine decay to 0, over the fine-tuning steps.
+
+    The warm-up (a fifth of the steps, one epoch at most) lets the unfrozen
+    blocks start from the head's solution without large early updates, as
+    Model Maker and fastai's one-cycle do.
+    """
+    steps = max(1, -(-num_train // batch_size)) * epochs
+    warmup = max(1, min(steps // 5, -(-num_train // batch_size)))
+    return keras.optimizers.schedules.CosineDecay(
+        0.0, decay_steps=max(1, steps - warmup), warmup_target=learning_rate,
+        warmup_steps=warmup)
+
+
+def fine_tune(classifier, backbone_model, run, data, timings, callbacks,
+              class_weights=None):
     """Trains the top blocks end to end on the uint8 pixel pipeline.
+
+    Warm-up + cosine learning rate; with `patience`, early stopping on
+    validation loss and the best epoch's weights restored.
 
     Returns:
       The Keras history dict of the fine-tuning epochs.
@@ -88,8 +107,15 @@ def fine_tune(classifier, backbone_model, run, data, timings, callbacks):
                                               config.fine_tune_blocks)
     log.info("[fine_tune] %d layer(s) unfrozen in the top %d block(s)",
              len(trainable), config.fine_tune_blocks)
-    head_lib.compile_classifier(classifier, config.fine_tune_learning_rate,
-                                config.label_smoothing)
+    head_lib.compile_classifier(
+        classifier, fine_tune_schedule(config.fine_tune_learning_rate,
+                                       len(data.train), config.batch_size,
+                                       config.fine_tune_epochs),
+        config.label_smoothing)
+    if config.patience:
+        callbacks = [*callbacks, keras.callbacks.EarlyStopping(
+            monitor="val_loss", patience=config.patience,
+            restore_best_weights=True)]
     pconfig = pipeline.PipelineConfig(
         image_size=run.image_size, batch_size=config.batch_size,
         resize=config.resize, ram_budget_mb=config.ram_budget_mb,
@@ -104,8 +130,22 @@ def fine_tune(classifier, backbone_model, run, data, timings, callbacks):
         history = classifier.fit(
             train_ds, validation_data=val_ds, epochs=config.fine_tune_epochs,
             verbose=0, callbacks=[EpochLogger("fine_tune", len(data.train)),
-                                  *callbacks])
+                                  *callbacks],
+            class_weight=None if class_weights is None else dict(
+                enumerate(class_weights.tolist())))
     return history.history
+
+
+def kept_epoch(history, patience):
+    """The 1-based epoch whose weights a stage kept.
+
+    With early stopping (`patience` > 0) the one with the lowest validation
+    loss (its weights are restored), else the last.
+    """
+    losses = history.get("val_loss") or []
+    if patience and losses:
+        return int(np.argmin(losses)) + 1
+    return len(history.get("loss", losses))
 
 
 def run_training(config):
@@ -160,6 +200,39 @@ def _run(run, strategy=None):
         return _train(run, folder, strategy, start, key)
 
 
+def _log_augmentation(run, num_train, extracted, timings):
+    """One line saying what augmentation did to this run."""
+    config = run.config
+    if not run.augment:
+        log.info("[augment] none")
+    elif run.views:
+        forwarded = sum(s.forwarded for s in extracted.stats[2:])
+        log.info("[augment] %s: the head trains on %d augmented view(s) of "
+                 "each of the %d training images besides the clean one "
+                 "(%d computed now, %.1f s; cached for later runs)",
+                 run.augment, run.views, num_train, forwarded,
+                 timings.get("extract_views", 0.0))
+    elif config.fine_tune_epochs:
+        log.info("[augment] %s: in fine-tuning; the head trains on clean "
+                 "features (--augment_views=K caches augmented ones)",
+                 run.augment)
+    else:
+        log.info("[augment] %s: not used: the head trains on clean features "
+                 "of %d images (more than %d: no augmented views by default); "
+                 "pass --augment_views=K or --fine_tune_epochs=N",
+                 run.augment, num_train, config_lib.AUTO_VIEWS_MAX_TRAIN)
+
+
+def _class_weights(run, labels, num_classes):
+    """float32 [C] weights for --class_weight=balanced, else None (logged)."""
+    if run.config.class_weight != "balanced":
+        return None
+    weights = head_lib.balanced_class_weights(labels, num_classes)
+    log.info("Class weights (balanced): %s", ", ".join(
+        f"{w:.2f}" for w in weights))
+    return weights
+
+
 def _train_head(run, data, extracted, timings, callbacks):
     """Trains the head on the cached features.
 
@@ -172,12 +245,13 @@ def _train_head(run, data, extracted, timings, callbacks):
     order = np.argsort(np.asarray(train.ids, dtype=object), kind="stable")
     train_x = np.concatenate([view[order] for view in extracted.train_views])
     train_y = np.tile(train.labels[order], len(extracted.train_views))
-    head = head_lib.build_head(run.spec.feature_dim, len(data.class_names),
-                               run.head)
+    num_classes = len(data.class_names)
+    head = head_lib.build_head(run.spec.feature_dim, num_classes, run.head)
     with Phase("head", timings=timings):
         history = head_lib.train_head(
             head, (train_x, train_y), (val_x, data.validation.labels), run.head,
-            callbacks=[EpochLogger("head", len(train_x)), *callbacks])
+            callbacks=[EpochLogger("head", len(train_x)), *callbacks],
+            class_weights=_class_weights(run, train_y, num_classes))
     # One pass over the cached validation features serves both the accuracy
     # and the end-of-run evaluation report.
     return head, history.history, head_lib.predict_head(head, val_x)
@@ -195,9 +269,11 @@ def _train(run, folder, strategy, start, key):
     data = run_data.load_data(run, folder, timings)
     log.info("%d classes, %d training and %d validation images",
              len(data.class_names), len(data.train), len(data.validation))
+    run = dataclasses.replace(run, views=config.views_for(len(data.train)))
     check_free_space(run.cache_dir, estimate_cache_bytes(data, run))
     extracted = extraction.extract_all(data.train, data.validation,
                                        backbone_model, run, timings, strategy)
+    _log_augmentation(run, len(data.train), extracted, timings)
     tensorboard = keras.callbacks.TensorBoard(folder.file("logs"),
                                               write_graph=False)
     head, head_history, val_probs = _train_head(run, data, extracted, timings,
@@ -205,13 +281,20 @@ def _train(run, folder, strategy, start, key):
     stages = [("head", head_history)]
     val_accuracy = float(np.mean(val_probs.argmax(axis=1)
                                  == data.validation.labels))
+    stage_results = {"head": {"val_accuracy": val_accuracy, "best_epoch":
+                              kept_epoch(head_history, config.patience)}}
     classifier = model_lib.build_classifier(
         backbone_model, head,
         augment_lib.make_augmentation(run.augment, seed=config.seed))
     if config.fine_tune_epochs:
-        stages.append(("fine_tune", fine_tune(
-            classifier, backbone_model, run, data, timings, [tensorboard])))
-        val_accuracy = float(stages[-1][1]["val_accuracy"][-1])
+        history = fine_tune(
+            classifier, backbone_model, run, data, timings, [tensorboard],
+            _class_weights(run, data.train.labels, len(data.class_names)))
+        stages.append(("fine_tune", history))
+        epoch = kept_epoch(history, config.patience)
+        val_accuracy = float(history["val_accuracy"][epoch - 1])
+        stage_results["fine_tune"] = {"val_accuracy": val_accuracy,
+                                      "best_epoch": epoch}
         val_probs = None  # The backbone changed: evaluate from pixels.
     run_info = _run_info(run, strategy, data, extracted)
     with Phase("save", timings=timings):
@@ -227,6 +310,8 @@ def _train(run, folder, strategy, start, key):
     timings["total"] = round(time.perf_counter() - start, 3)
     metrics = _metrics(data, extracted, val_accuracy, timings, key, report,
                        run.image_size)
+    metrics["stages"] = stage_results
+    metrics["augment_views"] = run.views
     folder.write_metrics(metrics)
     if key is not None:
         run_info.update(reuse.record(key, folder.path, extracted, since_ns))

@@ -164,6 +164,7 @@ class TfdsExamples:
     def pixels(self, config, *, training):
         key = hashlib.sha256(
             f"{self.name}|{self.version}|{self.split}|{config.image_size}|"
-            f"{config.resize}".encode()).hexdigest()[:20]
+            f"{config.resize}|decode{pipeline.DECODE_VERSION}".encode()
+        ).hexdigest()[:20]
         ds = self._decoded(with_index=False)
         return pipeline.finish(ds, len(self), config, training=training, key=key)

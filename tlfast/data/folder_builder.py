@@ -480,7 +480,8 @@ class PreparedExamples:
                                          training=training)
         key = hashlib.sha256(
             f"{DATASET_NAME}|{self.prepared.fingerprint}|{self.split}|"
-            f"{config.image_size}|{config.resize}".encode()).hexdigest()[:20]
+            f"{config.image_size}|{config.resize}|"
+            f"decode{pipeline.DECODE_VERSION}".encode()).hexdigest()[:20]
         ds = decode_records(self.records(), config.image_size, config.resize)
         return pipeline.finish(ds, len(self), config, training=training, key=key)
 

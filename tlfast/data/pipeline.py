@@ -18,8 +18,12 @@ import tensorflow as tf
 from tlfast import locks
 from tlfast.config import DEFAULT_RESIZE
 from tlfast.config import RESIZE_MODES
+from tlfast.data import orientation
 
 CACHE_MODES = ("auto", "memory", "disk", "none")
+# Part of every pixel and feature cache key: bump it whenever the pixels a
+# file decodes to change. 2: JPEGs turned upright by their EXIF Orientation.
+DECODE_VERSION = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,8 +114,9 @@ def decode_rgb(data):
     """Decodes JPEG/PNG/GIF/BMP/WebP bytes (format from the header) to RGB.
 
     Grayscale, RGBA, CMYK and 16-bit images all become RGB uint8; an animated
-    GIF gives its first frame. Works eagerly, in `tf.function` and in
-    `tf.data`.
+    GIF gives its first frame; a JPEG is turned upright as its EXIF
+    Orientation says (`tlfast.data.orientation`). Works eagerly, in
+    `tf.function` and in `tf.data`.
 
     Args:
       data: Scalar string tensor, the encoded file.
@@ -124,7 +129,8 @@ def decode_rgb(data):
     is_jpeg = tf.equal(tf.strings.substr(data, 0, 3), b"\xff\xd8\xff")
     image = tf.cond(
         is_jpeg,
-        lambda: tf.io.decode_jpeg(data, channels=3),
+        lambda: orientation.upright(tf.io.decode_jpeg(data, channels=3),
+                                    orientation.exif_orientation(data)),
         lambda: _decode_other(data))
     image.set_shape((None, None, 3))
     return image
@@ -240,7 +246,7 @@ def content_key(entries, *parts):
         # The path, not the relpath: a copy of the folder elsewhere (same
         # layout, sizes and times) is other pixels.
         h.update(f"{entry.path}\0{stamp}\0{entry.label}\n".encode("utf-8"))
-    for part in parts:
+    for part in (*parts, f"decode{DECODE_VERSION}"):
         h.update(f"|{part}".encode("utf-8"))
     return h.hexdigest()[:20]
 

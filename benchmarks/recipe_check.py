@@ -1,0 +1,125 @@
+r"""The training recipe's accuracy on the shared real photos, one JSON row per run.
+
+    python benchmarks/recipe_check.py --assets=../shared/assets \
+        --out=benchmarks/results/recipe_check.jsonl [--runs=defaults,epochs3,...]
+
+Runs (MobileNet-0.25 with the shared ImageNet weights, default flags unless
+named; features cached under --work_dir, so later runs reuse them):
+
+  defaults      hymenoptera and flowers224 with default flags
+  epochs3       hymenoptera with --epochs=3
+  fine_tune     both folders with --fine_tune_epochs (and the blocks and rate
+                of --fine_tune_flags)
+  imbalanced    flowers224 with one class cut to 10% of its training images
+                (links), without and with --class_weight=balanced: that
+                class's recall and the overall accuracy
+
+Each row has val_accuracy, the stages (head / fine_tune accuracy and best
+epoch), per-class recall, augment_views and timings_s.
+"""
+
+import json
+import os
+import sys
+import time
+
+from absl import app
+from absl import flags
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("assets", os.path.join(os.path.dirname(ROOT), "shared",
+                                           "assets"), "The shared assets.")
+flags.DEFINE_string("out", os.path.join(ROOT, "benchmarks", "results",
+                                        "recipe_check.jsonl"), "JSON lines.")
+flags.DEFINE_string("work_dir", "/tmp/tlfast-recipe", "Caches and outputs.")
+flags.DEFINE_list("runs", ["defaults", "epochs3", "fine_tune", "imbalanced"],
+                  "Which runs.")
+flags.DEFINE_integer("fine_tune_epochs", 5, "Fine-tuning epochs.")
+flags.DEFINE_integer("fine_tune_blocks", 4, "Fine-tuning blocks.")
+flags.DEFINE_float("fine_tune_learning_rate", 3e-4, "Fine-tuning rate.")
+flags.DEFINE_string("cut_class", "roses", "The class cut to 10% (imbalanced).")
+
+
+def _imbalanced_copy(source, target, cut_class, keep=0.1):
+    """Links `source` into `target`, `cut_class`'s training photos cut."""
+    if os.path.isdir(target):
+        return target
+    for split in ("train", "val"):
+        for name in sorted(os.listdir(os.path.join(source, split))):
+            folder = os.path.join(source, split, name)
+            photos = sorted(os.listdir(folder))
+            if split == "train" and name == cut_class:
+                photos = photos[:max(1, int(len(photos) * keep))]
+            os.makedirs(os.path.join(target, split, name))
+            for photo in photos:
+                # Hard links: inside the folder, unlike symbolic links out.
+                os.link(os.path.join(folder, photo),
+                        os.path.join(target, split, name, photo))
+    return target
+
+
+def _train(name, data_dir, **overrides):
+    import keras
+
+    from tlfast import training
+    from tlfast.config import TrainConfig
+
+    weights = os.path.join(FLAGS.assets, "weights",
+                           "mobilenet_v1_0.25_224_no_top.weights.h5")
+    config = TrainConfig(
+        data_dir=data_dir, output_dir=os.path.join(FLAGS.work_dir, "out", name),
+        cache_dir=os.path.join(FLAGS.work_dir, "cache"),
+        backbone="mobilenet_025", weights=weights, reuse_outputs=False,
+        **overrides)
+    keras.utils.set_random_seed(config.seed)
+    start = time.perf_counter()
+    metrics = training.run_training(config)
+    return {"run": name, "data": os.path.basename(data_dir.rstrip("/")),
+            **overrides, "val_accuracy": round(metrics["val_accuracy"], 4),
+            "stages": metrics["stages"], "augment_views": metrics["augment_views"],
+            "per_class_recall": metrics["evaluation"]["per_class_recall"],
+            "seconds": round(time.perf_counter() - start, 1),
+            "timings_s": metrics["timings_s"]}
+
+
+def _plan():
+    datasets = os.path.join(FLAGS.assets, "datasets")
+    hym, flowers = (os.path.join(datasets, n) for n in ("hymenoptera", "flowers224"))
+    tune = dict(fine_tune_epochs=FLAGS.fine_tune_epochs,
+                fine_tune_blocks=FLAGS.fine_tune_blocks,
+                fine_tune_learning_rate=FLAGS.fine_tune_learning_rate)
+    plan = {
+        "defaults": [("hymenoptera_defaults", hym, {}),
+                     ("flowers224_defaults", flowers, {})],
+        "epochs3": [("hymenoptera_epochs3", hym, {"epochs": 3})],
+        "fine_tune": [("hymenoptera_fine_tune", hym, tune),
+                      ("flowers224_fine_tune", flowers, tune)],
+    }
+    if "imbalanced" in FLAGS.runs:
+        cut = _imbalanced_copy(flowers, os.path.join(FLAGS.work_dir,
+                                                     "flowers224_imbalanced"),
+                               FLAGS.cut_class)
+        plan["imbalanced"] = [("imbalanced_none", cut, {}),
+                              ("imbalanced_balanced", cut,
+                               {"class_weight": "balanced"})]
+    return [job for run in FLAGS.runs for job in plan[run]]
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    os.makedirs(FLAGS.work_dir, exist_ok=True)
+    for name, data_dir, overrides in _plan():
+        row = _train(name, data_dir, **overrides)
+        print(json.dumps(row), flush=True)
+        os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
+        with open(FLAGS.out, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)
