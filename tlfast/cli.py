@@ -57,18 +57,93 @@ def define_flags(config_cls, flag_values=flags.FLAGS):
 
 
 def config_from_flags(config_cls, flag_values=flags.FLAGS):
-    """The `config_cls` that the parsed flags describe (checked)."""
+    """The `config_cls` that the parsed flags describe (checked).
+
+    Raises:
+      ValueError: A required setting is missing, or a value is bad.
+    """
+    for field in dataclasses.fields(config_cls):
+        if field.metadata.get("required") and flag_values[field.name].value is None:
+            raise ValueError(f"--{field.name} is required: "
+                             f"{field.metadata['help']}")
     return config_cls(**{field.name: flag_values[field.name].value
                          for field in dataclasses.fields(config_cls)})
 
 
-def configure_script_logging():
+class _Console(logging.Filter):
+    """tlfast's own lines at INFO; other libraries' only when they fail
+    (ERROR), unless --verbosity asks for more (TFDS's "Using custom data
+    configuration" dumps, deprecation notices, TF's tracing notes)."""
+
+    def __init__(self, verbose):
+        super().__init__()
+        self.verbose = verbose
+
+    def filter(self, record):
+        if record.name == "tlfast" or record.name.startswith("tlfast."):
+            return record.levelno >= logging.INFO
+        return record.levelno >= (logging.INFO if self.verbose else logging.ERROR)
+
+
+def _native_output_aside():
+    """Sends what native code writes to stderr (TensorFlow's C++ log lines,
+    printed before its log level is read, oneDNN and CUDA notices) to
+    /dev/null, or to the run's log file once `log_to_file` names one;
+    Python's own stderr keeps the console."""
+    import os
+
+    console = os.dup(2)
+    sys.stderr = os.fdopen(console, "w", buffering=1, encoding="utf-8",
+                           errors="backslashreplace")
+    sink = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(sink, 2)
+    os.close(sink)
+    _native[0] = True
+
+
+_native = [False]  # Whether native stderr is set aside.
+
+
+def configure_script_logging(verbose=False):
     """Plain progress lines on stderr for the command-line scripts.
 
-    TF's own INFO lines (SavedModel assets, tracing) would drown ours.
+    Args:
+      verbose: Show other libraries' INFO and WARNING lines too, and what
+        native code writes to stderr.
     """
-    logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
-    logging.getLogger("tensorflow").setLevel(logging.WARNING)
+    if not verbose:
+        _native_output_aside()
+    console = logging.StreamHandler(sys.stderr)
+    console.setFormatter(logging.Formatter("%(message)s"))
+    console.addFilter(_Console(verbose))
+    logging.basicConfig(level=logging.DEBUG, handlers=[console], force=True)
+    for name in ("tensorflow", "absl", "jax", "matplotlib", "PIL", "h5py"):
+        # Their DEBUG chatter is never wanted, not even in the log file.
+        logging.getLogger(name).setLevel(logging.INFO)
+    if not verbose:
+        import os
+
+        # TensorFlow's C++ INFO/WARNING lines; read when it is imported.
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def log_to_file(path):
+    """Also writes every log line (DEBUG and up, all libraries) to `path`,
+    and native code's stderr when `configure_script_logging` set it aside."""
+    import os
+
+    # A log grows as the run goes: appended, not written atomically; both
+    # writers append, so their lines never overwrite each other.
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644))
+    handler = logging.FileHandler(path, mode="a", encoding="utf-8")
+    handler.setFormatter(logging.Formatter(
+        "%(asctime)s %(levelname).1s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
+    if _native[0]:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+        os.dup2(fd, 2)
+        os.close(fd)
+    return handler
 
 
 def exit_status(prog, problems):
@@ -82,30 +157,47 @@ def exit_status(prog, problems):
     return 1 if problems else 0
 
 
-def run_script(prog, config_cls, work, flag_values=flags.FLAGS):
+def run_script(prog, config_cls, work, flag_values=flags.FLAGS, actions=None):
     """`app.run` of a script: flags -> `config_cls` -> `work(config)`.
 
-    Bad settings and the errors tlfast raises for bad input (ValueError,
-    OSError, RuntimeError: their messages say what and how to fix) become
-    one line `<prog>: error: ...` on stderr and exit status 2.
+    Every error becomes one line `<prog>: error: ...` on stderr and exit
+    status 2, never a traceback: the errors tlfast raises for bad input
+    (ValueError, OSError, RuntimeError) say what and how to fix; anything
+    else is named with its type, and its traceback goes to the log (shown
+    with --verbosity=1, and in a run's log file). Ctrl-C exits with 130.
 
     Args:
       prog: The command's name, for error lines.
       config_cls: The config dataclass whose flags were defined.
       work: Callable(config) -> exit status (0 when fine).
+      actions: {bool flag name: callable() -> exit status} for flags that
+        do something else instead (`tlfast-train --list_backbones`).
     """
-    for field in dataclasses.fields(config_cls):
-        if field.metadata.get("required"):
-            flags.mark_flag_as_required(field.name, flag_values)
 
     def main(argv):
         if len(argv) > 1:
             raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-        configure_script_logging()
+        verbose = flag_values["verbosity"].value >= 1
+        configure_script_logging(verbose)
         try:
+            for name, action in (actions or {}).items():
+                if flag_values[name].value:
+                    return action()
             return work(config_from_flags(config_cls, flag_values))
+        except KeyboardInterrupt:
+            print(f"{prog}: interrupted", file=sys.stderr)
+            return 130
         except (ValueError, OSError, RuntimeError) as e:
+            logging.getLogger("tlfast.cli").debug("Error", exc_info=True)
             print(f"{prog}: error: {e}", file=sys.stderr)
+            return 2
+        except Exception as e:  # Not foreseen: still one line, not a dump.
+            logging.getLogger("tlfast.cli").log(
+                logging.INFO if verbose else logging.DEBUG, "Traceback",
+                exc_info=True)
+            print(f"{prog}: error: unexpected {type(e).__name__}: {e} "
+                  "(--verbosity=1 shows the traceback; please report it)",
+                  file=sys.stderr)
             return 2
 
     app.run(main)

@@ -28,6 +28,7 @@ class Phase:
         self.interval = interval
         self.start = self._last = None
         self.done = 0
+        self._shown_done = None
 
     def __enter__(self):
         self.start = self._last = time.perf_counter()
@@ -36,12 +37,14 @@ class Phase:
         return self
 
     def update(self, done, total=None, force=False):
-        self.done = done
         if total is not None:
             self.total = total
         now = time.perf_counter()
-        if not force and now - self._last < self.interval:
+        if (not force and now - self._last < self.interval) or (
+                done == self._shown_done):  # Said already.
+            self.done = done
             return
+        self.done = self._shown_done = done
         self._last = now
         elapsed = max(now - self.start, 1e-9)
         rate = done / elapsed
@@ -70,14 +73,26 @@ class Phase:
 
 
 class EpochLogger(keras.callbacks.Callback):
-    """One line per epoch with the metrics, samples/s and ETA."""
+    """A line per epoch with the metrics, samples/s and ETA.
 
-    def __init__(self, name, samples_per_epoch):
+    With `interval`, epochs closer than that many seconds to the last line
+    shown are logged at DEBUG only (the run's log file keeps them): the
+    head's 50 epochs of milliseconds each are one line, not 50.
+    """
+
+    def __init__(self, name, samples_per_epoch, interval=0.0):
         super().__init__()
         self.name, self.samples = name, samples_per_epoch
+        self.interval = interval
+        self._shown = None
 
     def on_train_begin(self, logs=None):
-        self.start = time.perf_counter()
+        self.start = self._shown = time.perf_counter()
+        self._last = None
+
+    def on_train_end(self, logs=None):
+        if self._last is not None:  # The last epoch, if not shown yet.
+            log.info(*self._last)
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch_start = time.perf_counter()
@@ -88,5 +103,12 @@ class EpochLogger(keras.callbacks.Callback):
         eta = (time.perf_counter() - self.start) / (epoch + 1) * (total - epoch - 1)
         metrics = " ".join(f"{k}={v:.4f}" for k, v in sorted((logs or {}).items())
                            if isinstance(v, (int, float)))
-        log.info("[%s] epoch %d/%d %s, %.0f samples/s, ETA %.0fs", self.name,
-                 epoch + 1, total, metrics, self.samples / max(seconds, 1e-9), eta)
+        line = ("[%s] epoch %d/%d %s, %.0f samples/s, ETA %.0fs", self.name,
+                epoch + 1, total, metrics, self.samples / max(seconds, 1e-9), eta)
+        now = time.perf_counter()
+        if now - self._shown >= self.interval:
+            log.info(*line)
+            self._shown, self._last = now, None
+        else:
+            log.debug(*line)
+            self._last = line

@@ -48,7 +48,8 @@ RUN_KEY_VERSION = 1
 _NOT_IN_KEY = frozenset({"output_dir", "cache_dir", "feature_shard_size",
                          "data_service_address", "reuse_outputs", "precision"})
 # Rewritten by every run (metrics.json) or by the one that trains (run.json).
-_UNCHECKED = frozenset({run_folder.METRICS, run_folder.RUN_INFO})
+_UNCHECKED = frozenset({run_folder.METRICS, run_folder.RUN_INFO,
+                        run_folder.LOG})
 _code_digest = None
 
 

@@ -13,6 +13,7 @@ output reuse read it back through here, never by file name:
                              lets an identical run reuse the outputs
                              ("run_key", "outputs", "feature_shards")
         metrics.json         results of the latest run (a reused one too)
+        train.log            every log line of the latest tlfast-train run
         history.csv          per-epoch metrics, head then fine-tune
         split.csv            which file went where (`tlfast.data.split`)
         training_curves.png, evaluation.json, confusion_matrix.png,
@@ -48,6 +49,7 @@ METRICS = "metrics.json"
 HISTORY = "history.csv"
 SPLIT = "split.csv"
 CURVES = "training_curves.png"
+LOG = "train.log"
 EVALUATION = "evaluation.json"
 LOCK = ".tlfast-run.lock"
 

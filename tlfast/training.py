@@ -250,7 +250,8 @@ def _train_head(run, data, extracted, timings, callbacks):
     with Phase("head", timings=timings):
         history = head_lib.train_head(
             head, (train_x, train_y), (val_x, data.validation.labels), run.head,
-            callbacks=[EpochLogger("head", len(train_x)), *callbacks],
+            callbacks=[EpochLogger("head", len(train_x), interval=2.0),
+                       *callbacks],
             class_weights=_class_weights(run, train_y, num_classes))
     # One pass over the cached validation features serves both the accuracy
     # and the end-of-run evaluation report.

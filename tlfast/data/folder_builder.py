@@ -13,8 +13,10 @@ replaces, same settings but older content, is deleted). `prepared_examples` read
 interface of `tlfast.data.examples.TfdsExamples`.
 """
 
+import contextlib
 import dataclasses
 import hashlib
+import io
 import json
 import logging
 import os
@@ -284,11 +286,16 @@ def prepare_image_folder(data_dir, *, data_root, validation_split=0.2, seed=0,
             log.info("Preparing '%s' as TFDS records in %s", config.root,
                      builder.data_path)
             start = time.perf_counter()
-            builder.download_and_prepare(
-                download_dir=os.path.join(data_root, "downloads"),
-                download_config=tfds.download.DownloadConfig(
-                    try_download_gcs=False,
-                    compute_stats=tfds.download.ComputeStatsMode.SKIP))
+            # TFDS prints "Downloading and preparing dataset Unknown size"
+            # for a local folder: kept for the log file, not the console.
+            with contextlib.redirect_stdout(io.StringIO()) as printed:
+                builder.download_and_prepare(
+                    download_dir=os.path.join(data_root, "downloads"),
+                    download_config=tfds.download.DownloadConfig(
+                        try_download_gcs=False,
+                        compute_stats=tfds.download.ComputeStatsMode.SKIP))
+            for line in printed.getvalue().splitlines():
+                log.debug("tfds: %s", line)
             log.info("Prepared %d images in %.1f s",
                      builder.info.splits.total_num_examples,
                      time.perf_counter() - start)
