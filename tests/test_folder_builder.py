@@ -223,7 +223,7 @@ def test_a_stale_index_is_rebuilt_or_caught(junk_folder, tmp_path):
     ids[0], ids[1] = ids[1], ids[0]
     swapped = dataclasses.replace(prepared, index={"train": (tuple(ids), labels)})
     examples = folder_builder.prepared_examples(swapped, "train", 8)
-    with pytest.raises(tf.errors.InvalidArgumentError, match="index disagree"):
+    with pytest.raises(ValueError, match="index disagree"):
         list(examples.batched(range(len(examples)), 4))
 
 
@@ -333,3 +333,25 @@ def test_lock_files_of_a_removed_preparation_stay(junk_folder, tmp_path):
     assert not os.path.exists(first.data_dir)
     base = os.path.dirname(first.data_dir)
     assert os.path.exists(base + ".lock") and os.path.exists(base + ".use")
+
+
+def test_chunk_after_chunk_reads_the_records_once(junk_folder, tmp_path,
+                                                  monkeypatch):
+    # Extraction asks for its examples chunk by chunk: one pass over the
+    # records in all, not one per chunk (that was quadratic).
+    prepared = _prepare(junk_folder, tmp_path)
+    examples = folder_builder.prepared_examples(prepared, "train", 8)
+    passes = []
+    real = folder_builder.PreparedExamples.records
+    monkeypatch.setattr(folder_builder.PreparedExamples, "records",
+                        lambda self, *a, **k: passes.append(1) or real(self, *a, **k))
+    n = len(examples)
+    chunks = [list(range(i, min(i + 3, n))) for i in range(0, n, 3)]
+    got = [int(i) for chunk in chunks for b in examples.batched(chunk, 2)
+           for i in b["index"]]
+    assert got == list(range(n)) and len(passes) == 1
+    whole = np.concatenate([b["image"] for b in examples.batched(range(n), 4)])
+    again = np.concatenate([b["image"] for chunk in chunks
+                            for b in examples.batched(chunk, 2)])
+    np.testing.assert_array_equal(whole, again)
+    assert len(passes) == 3  # Back to the start: a new pass, then another.

@@ -24,6 +24,7 @@ from tlfast import config
 from tlfast import plots
 from tlfast.data import prepare
 from tlfast import predict as predict_lib
+from tlfast import progress
 from tlfast import run_folder
 from tlfast.data import scan as scan_lib
 from tlfast.data import sources
@@ -378,6 +379,7 @@ def run_evaluation(config):
       The report (see `evaluate_model`), also written under
       `config.output_dir` (into its eval_<split>/ when it is a run folder).
     """
+    progress.ensure_visible()
     model_run = run_folder.load_model_run(config.model)
     run = model_run.run
     split = config.split

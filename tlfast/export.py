@@ -42,6 +42,7 @@ from tlfast import atomic
 from tlfast import backbones
 from tlfast import config
 from tlfast import predict as predict_lib
+from tlfast import progress
 from tlfast import run_folder
 from tlfast.data import augment as augment_lib
 from tlfast.data import scan as scan_lib
@@ -541,6 +542,7 @@ def run_export(config):
     Returns:
       The report of `export_model`.
     """
+    progress.ensure_visible()
     formats = parse_formats(config.formats)
     run = run_folder.load_model_run(config.model)
     entries = run_folder.split_entries(run.folder, config.data_dir)

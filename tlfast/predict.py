@@ -21,6 +21,7 @@ import tensorflow as tf
 
 from tlfast import atomic
 from tlfast import config
+from tlfast import progress
 from tlfast.data import pipeline
 from tlfast.data import scan as scan_lib
 from tlfast.data import sources
@@ -240,6 +241,7 @@ def run_prediction(config):
     Raises:
       ValueError: No file is a usable image.
     """
+    progress.ensure_visible()
     paths = list_image_files(config.images)
     run = load_model_run(config.model)
     skip = config.skip_placeholders

@@ -8,6 +8,23 @@ import keras
 log = logging.getLogger("tlfast")
 
 
+def ensure_visible():
+    """Shows tlfast's progress lines where nothing else would show them.
+
+    Called by the library's entry points (`run_training`, ...): in a
+    notebook or a plain Python session no logging is configured, so INFO
+    lines would be dropped. Only tlfast's own logger is touched, and only
+    when no handler would receive its lines (a script's or pytest's
+    configuration is left alone).
+    """
+    if not log.hasHandlers():
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+    if log.level == logging.NOTSET:
+        log.setLevel(logging.INFO)
+
+
 class Phase:
     """Times one phase and reports its progress.
 

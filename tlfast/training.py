@@ -32,6 +32,7 @@ from tlfast import run_outputs
 from tlfast.config import TrainConfig  # noqa: F401  (the library's input)
 from tlfast.data import augment as augment_lib
 from tlfast.data import pipeline
+from tlfast import progress
 from tlfast.progress import EpochLogger
 from tlfast.progress import Phase
 from tlfast.run_folder import RunFolder
@@ -159,6 +160,7 @@ def run_training(config):
     Returns:
       The metrics dict also written to `<output_dir>/metrics.json`.
     """
+    progress.ensure_visible()
     run = resolve_lib.resolve(config)
     strategy = distribute.make_strategy(config.distribution)
     replicas = distribute.num_replicas(strategy)
@@ -288,15 +290,28 @@ def _train(run, folder, strategy, start, key):
         backbone_model, head,
         augment_lib.make_augmentation(run.augment, seed=config.seed))
     if config.fine_tune_epochs:
+        head_only = classifier.get_weights()
         history = fine_tune(
             classifier, backbone_model, run, data, timings, [tensorboard],
             _class_weights(run, data.train.labels, len(data.class_names)))
         stages.append(("fine_tune", history))
         epoch = kept_epoch(history, config.patience)
-        val_accuracy = float(history["val_accuracy"][epoch - 1])
-        stage_results["fine_tune"] = {"val_accuracy": val_accuracy,
-                                      "best_epoch": epoch}
-        val_probs = None  # The backbone changed: evaluate from pixels.
+        tuned = {"val_accuracy": float(history["val_accuracy"][epoch - 1]),
+                 "best_epoch": epoch, "kept": True}
+        head_loss = head_history["val_loss"][
+            stage_results["head"]["best_epoch"] - 1]
+        if config.patience and history["val_loss"][epoch - 1] >= head_loss:
+            # The head alone generalised better (a small set, a too-high
+            # rate): the model stays the head-only one.
+            classifier.set_weights(head_only)
+            tuned["kept"] = False
+            log.info("[fine_tune] validation loss %.4f is no better than the "
+                     "head's %.4f: the head-only model is kept",
+                     history["val_loss"][epoch - 1], head_loss)
+        else:
+            val_accuracy = tuned["val_accuracy"]
+            val_probs = None  # The backbone changed: evaluate from pixels.
+        stage_results["fine_tune"] = tuned
     run_info = _run_info(run, strategy, data, extracted)
     with Phase("save", timings=timings):
         folder.write_model(classifier)

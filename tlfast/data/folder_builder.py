@@ -355,6 +355,7 @@ class PreparedExamples:
         self.class_names = prepared.class_names
         ids, self.labels = prepared.index[split]
         self._ids = list(ids)
+        self._cursor = None  # See `_take`.
 
     def __len__(self):
         return len(self._ids)
@@ -416,36 +417,61 @@ class PreparedExamples:
         """{"image": uint8 [B, S, S, 3], "label", "index"} for `indices`.
 
         Examples come in record order, whatever the order of `indices`;
-        "index" says which each one is.
+        "index" says which each one is. Successive calls for increasing
+        indices (feature extraction asks chunk by chunk) continue one pass
+        over the records: asking every chunk of a pass over all of them
+        made extraction quadratic (200k images: 67% of its time in that
+        pass, 340 images/s at 20k falling to 115 at 72k).
         """
-        mask = np.zeros(len(self), bool)
-        mask[np.asarray(list(indices), np.int64)] = True
-        mask = tf.constant(mask)
+        indices = np.unique(np.asarray(list(indices), np.int64))
         if self.service:
-            return self._served_batched(mask, batch_size)
-        expected = tf.constant(self._ids or [""], tf.string)
-        size, resize = self.image_size, self.resize
-
-        def load(i, example):
-            return {**_decode_record(example, size, resize, keep=("id",)),
-                    "index": tf.cast(i, tf.int32)}
-
-        def check(element):
+            mask = np.zeros(len(self), bool)
+            mask[indices] = True
+            return self._served_batched(tf.constant(mask), batch_size)
+        encoded, labels, ids = self._take(indices)
+        stale = [i for i, found in zip(indices, ids) if found != self._ids[i]]
+        if stale:
             # A stale index would pair features with the wrong ids in the
             # feature cache: refuse rather than poison it.
-            element = dict(element)
-            found = element.pop("id")
-            with tf.control_dependencies([tf.debugging.assert_equal(
-                    found, tf.gather(expected, element["index"]),
-                    message="prepared data and its index disagree")]):
-                element["index"] = tf.identity(element["index"])
-            return element
-
-        ds = (self.records().enumerate()
-              .filter(lambda i, _: tf.gather(mask, i))
-              .map(load, num_parallel_calls=tf.data.AUTOTUNE)
-              .map(check))
+            raise ValueError(
+                f"The prepared data of '{self.prepared.root}' and its index "
+                f"disagree at record {stale[0]}: delete "
+                f"'{self.prepared.data_dir}' and run again.")
+        size, resize = self.image_size, self.resize
+        ds = tf.data.Dataset.from_tensor_slices({
+            "image": tf.constant(encoded, tf.string),
+            "label": tf.constant(labels, tf.int64),
+            "index": tf.constant(indices, tf.int32)})
+        ds = ds.map(lambda e: {**_decode_record(e, size, resize),
+                               "index": e["index"]},
+                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+    def _take(self, indices):
+        """(encoded images, labels, ids) of the records at sorted `indices`.
+
+        Reads on from where the last call stopped when it can (a cursor
+        over the records, read in parsed batches), else from the start.
+        """
+        wanted = set(indices.tolist())
+        last = int(indices[-1]) if len(indices) else -1
+        c = self._cursor
+        if c is None or (len(indices) and indices[0] < c["position"]):
+            c = self._cursor = {
+                "records": self.records().batch(_PARSE_BATCH).as_numpy_iterator(),
+                "position": 0, "batch": None, "offset": 0}
+        encoded, labels, ids = [], [], []
+        while c["position"] <= last:
+            if c["batch"] is None or c["offset"] == len(c["batch"]["id"]):
+                c["batch"], c["offset"] = next(c["records"]), 0
+            if c["position"] in wanted:
+                batch, k = c["batch"], c["offset"]
+                encoded.append(batch["image"][k])
+                labels.append(int(batch["label"][k]))
+                ids.append(batch["id"][k].decode("utf-8"))
+            c["position"] += 1
+            c["offset"] += 1
+        return encoded, labels, ids
 
     def _served_batched(self, mask, batch_size):
         """`batched` with decoding on tf.data service workers.
