@@ -1,4 +1,5 @@
 import glob
+import json
 import os
 
 import numpy as np
@@ -203,3 +204,22 @@ def test_a_file_changed_since_the_scan_is_dropped_not_decoded(flat_folder):
                tf.data.Dataset.range(1).flat_map(
                    lambda _: pipeline.files_dataset(usable, 16))):
         assert sum(1 for _ in ds) == len(usable) - 1
+
+
+def test_a_disk_cache_is_trusted_only_complete_and_counted(flat_folder, tmp_path):
+    entries = _entries(flat_folder)
+    config = pipeline.PipelineConfig(image_size=16, batch_size=4, cache="disk",
+                                     cache_dir=str(tmp_path))
+    key = pipeline.content_key(entries, 16, config.resize)
+    prefix = pipeline.disk_cache_prefix(str(tmp_path), key)
+    first = _order(pipeline.image_folder_dataset(entries, config, training=False))
+    marker = json.load(open(prefix + ".tlfast-complete"))
+    assert marker["count"] == len(entries) == 24
+    # Power lost while the cache's data was still in the page cache: the
+    # index survived, the data did not. Refilled, never served torn.
+    data = [p for p in glob.glob(prefix + ".data*")][0]
+    with open(data, "r+b") as f:
+        f.truncate(os.path.getsize(data) // 2)
+    again = pipeline.image_folder_dataset(entries, config, training=False)
+    assert _order(again) == first
+    assert json.load(open(prefix + ".tlfast-complete")) == marker

@@ -10,11 +10,13 @@ device, a quarter of the bytes of float32 to cache and to transfer.
 import dataclasses
 import glob
 import hashlib
+import json
 import logging
 import os
 
 import tensorflow as tf
 
+from tlfast import atomic
 from tlfast import locks
 from tlfast.config import DEFAULT_RESIZE
 from tlfast.config import RESIZE_MODES
@@ -260,18 +262,72 @@ def choose_cache(num_examples, config):
     return "disk" if config.cache_dir else "none"
 
 
-def clean_stale_cache(prefix):
+_COMPLETE = ".tlfast-complete"
+
+
+def _cache_complete(prefix, num_examples):
+    """Whether the file cache at `prefix` was filled whole: its marker (written
+    after tf.data closed the cache and its files were flushed) names this many
+    elements and the files' sizes as they are now."""
+    try:
+        with open(prefix + _COMPLETE, encoding="utf-8") as f:
+            marker = json.load(f)
+        return (marker.get("count") == num_examples
+                and marker.get("files") == _cache_files(prefix))
+    except (OSError, ValueError):
+        return False
+
+
+def _cache_files(prefix):
+    """{name: size} of tf.data's files of the cache at `prefix`."""
+    files = {}
+    for path in glob.glob(glob.escape(prefix) + "*"):
+        name = os.path.basename(path)
+        if not name.endswith((".lockfile", ".tlfast-lock", _COMPLETE)):
+            files[name] = os.path.getsize(path)
+    return files
+
+
+def _mark_complete(prefix, num_examples):
+    """Flushes the cache's files and writes its marker; in tf.data, once."""
+
+    def mark(_):
+        if (not os.path.exists(prefix + ".index")  # The pass was cut short.
+                or _cache_complete(prefix, num_examples)):  # Marked already.
+            return 0
+        for name in _cache_files(prefix):
+            fd = os.open(os.path.join(os.path.dirname(prefix), name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        atomic.write_json(prefix + _COMPLETE, {
+            "count": num_examples, "files": _cache_files(prefix)})
+        return 0
+
+    # An element after the last cached one: reached only when the cache's
+    # pass ended, after tf.data wrote its index. Filtered out again.
+    return tf.data.Dataset.from_tensors(0).map(
+        lambda x: tf.py_function(mark, [x], tf.int32)).filter(
+        lambda x: False)
+
+
+def clean_stale_cache(prefix, num_examples=None):
     """Removes what a killed run left beside a tf.data file cache.
 
     tf.data refuses a cache whose `.lockfile` exists ("There appears to be a
     concurrently running job"), and a killed run leaves one behind, along with
-    half-written shards. Only call this while holding the cache's lock.
+    half-written shards. A cache with an index but no completion marker for
+    `num_examples` elements (a fill cut short by power loss, or by a version
+    of tlfast before the marker) is removed too. Only call this while holding
+    the cache's lock.
 
     Returns:
       The removed paths.
     """
     removed = []
-    complete = os.path.exists(prefix + ".index")
+    complete = os.path.exists(prefix + ".index") and (
+        num_examples is None or _cache_complete(prefix, num_examples))
     for path in glob.glob(glob.escape(prefix) + "*"):
         stale = path.endswith(".lockfile") or (
             not complete and not path.endswith(".tlfast-lock"))
@@ -322,11 +378,17 @@ def finish(ds, num_examples, config, *, training, key=None):
         prefix = disk_cache_prefix(config.cache_dir, key)
         # Held for this process's lifetime: the file cache fills over an epoch.
         if locks.hold(prefix + ".tlfast-lock"):
-            clean_stale_cache(prefix)
+            clean_stale_cache(prefix, num_examples)
             ds = ds.cache(prefix)
-        elif os.path.exists(prefix + ".index"):
-            # Complete (the index is written last): reading it needs no lock,
-            # even while the process that filled it still runs.
+            if not _cache_complete(prefix, num_examples):
+                element = ds.element_spec
+                ds = ds.concatenate(_mark_complete(prefix, num_examples).map(
+                    lambda _: tf.nest.map_structure(
+                        lambda s: tf.zeros([d or 0 for d in s.shape], s.dtype),
+                        element)))
+        elif _cache_complete(prefix, num_examples):
+            # Complete and counted: reading it needs no lock, even while
+            # the process that filled it still runs.
             ds = ds.cache(prefix)
         else:
             logging.warning(
