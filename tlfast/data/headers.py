@@ -78,7 +78,9 @@ def read_image_file(path, max_pixels):
         if not stat.S_ISREG(st.st_mode):
             raise Refused(not_regular_reason(st.st_mode))
         with os.fdopen(os.dup(fd), "rb") as f:
-            header = f.read(HEADER_BYTES)
+            # No more than the file holds: read(n) allocates n bytes first
+            # (a 1 MiB buffer per 2 KB photo was half the scan's read time).
+            header = f.read(min(HEADER_BYTES, st.st_size + 1))
             fmt, size = check_header(header, max_pixels)
             limit = size[0] * size[1] * size[2] * BYTES_PER_PIXEL + METADATA_BYTES
             if st.st_size > limit:

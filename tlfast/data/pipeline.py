@@ -138,6 +138,23 @@ def decode_rgb(data):
     return image
 
 
+def decode_stored(data, fmt):
+    """`decode_rgb`'s pixels before the EXIF turn, for a known format.
+
+    For the scan, eagerly, file by file: the JPEG decoder alone is one op
+    (78 us a 48-px image here) where `decode_rgb`'s format dispatch and
+    EXIF parse are a dozen (510 us eagerly). The turn changes neither the
+    size, nor the colours, nor whether the file decodes.
+
+    Args:
+      data: The encoded bytes (str or scalar string tensor).
+      fmt: `tlfast.data.headers.sniff_format`'s name for them.
+    """
+    if fmt == "jpeg":
+        return tf.io.decode_jpeg(data, channels=3)
+    return _decode_other(tf.convert_to_tensor(data))
+
+
 def _decode_other(data):
     # Padded: substr past the end of a short (broken) file would raise.
     header = tf.strings.join([tf.strings.substr(data, 0, 21), b"\0" * 21])

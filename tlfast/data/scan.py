@@ -109,7 +109,8 @@ def check_image(path, max_pixels=DEFAULT_MAX_PIXELS, skip_placeholders=True):
     if reason:
         return reason, None
     try:
-        image = pipeline.decode_rgb(data)  # As the pipeline will decode it.
+        # With the pipeline's decoders, so what passes here decodes there.
+        image = pipeline.decode_stored(data, fmt)
     except (tf.errors.InvalidArgumentError, tf.errors.ResourceExhaustedError) as e:
         message = str(e.message if hasattr(e, "message") else e).split("[Op:")[0]
         # Drop TF's "{{function_node ...}}" prefix: it names the op, not the file.
