@@ -58,6 +58,21 @@ def _remove(path):
             os.remove(path)
 
 
+def _fsync_one(path):
+    """Flushes one file or folder entry to disk; best effort (some FUSE
+    mounts refuse fsync, or folders' fsync)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def _fsync(path):
     """Flushes a written file to disk (a folder: each of its files)."""
     paths = [path]
@@ -65,16 +80,7 @@ def _fsync(path):
         paths = [os.path.join(d, n) for d, _, names in os.walk(path)
                  for n in names]
     for p in paths:
-        try:
-            fd = os.open(p, os.O_RDONLY)
-        except OSError:
-            continue
-        try:
-            os.fsync(fd)
-        except OSError:  # Not supported here (some FUSE mounts): best effort.
-            pass
-        finally:
-            os.close(fd)
+        _fsync_one(p)
 
 
 def publish(tmp, path):
@@ -92,21 +98,8 @@ def publish(tmp, path):
         _remove(old)
     else:
         os.replace(tmp, path)
-    _fsync_folder(os.path.dirname(os.path.abspath(path)))
-
-
-def _fsync_folder(folder):
-    """Makes a rename in `folder` durable (its entry is in the folder's data)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # Not supported for folders here: best effort.
-        pass
-    finally:
-        os.close(fd)
+    # The rename is in the folder's own data: flushed too.
+    _fsync_one(os.path.dirname(os.path.abspath(path)))
 
 
 @contextlib.contextmanager
