@@ -16,5 +16,4 @@ out="${TLFAST_DEMO_OUTPUT:-runs/demo}"
 "$venv/bin/tlfast-train" --data_dir=demo/flowers_mini --backbone=mobilenet_025 \
   --weights=demo/weights/mobilenet_v1_0.25_224_no_top.weights.h5 \
   --output_dir="$out" --cache_dir="${TLFAST_DEMO_CACHE:-$out/.cache}" "$@"
-echo "Outputs in $out: model.keras, metrics.json, evaluation.json, confusion_matrix.png," \
-  "training_curves.png."
+echo "Report: $out/report.html (model.keras, metrics.json and the rest beside it)."

@@ -394,10 +394,16 @@ def run_evaluation(config):
         skip_placeholders=run.setting("skip_placeholders", True),
         follow_links=run.setting("follow_links", False),
         max_pixels=run.setting("max_pixels", scan_lib.DEFAULT_MAX_PIXELS))
-    return evaluate_model(
-        model_run.model, entries, model_run.class_names,
-        report_dir_for(config.output_dir, split),
+    out = report_dir_for(config.output_dir, split)
+    result = evaluate_model(
+        model_run.model, entries, model_run.class_names, out,
         batch_size=config.batch_size, top_k=config.top_k, worst=config.worst,
         resize=model_run.resize, skipped=skipped, metrics_file="metrics.json",
         extra={"split": split, "data_dir": os.path.abspath(config.data_dir),
                "model": os.path.abspath(config.model)})
+    from tlfast import report
+
+    result["files"]["report"] = report.write_report(
+        out, evaluation=result, run=run,
+        title=f"tlfast evaluation: {split} of {os.path.basename(os.path.abspath(config.data_dir))}")
+    return result

@@ -18,6 +18,7 @@ output reuse read it back through here, never by file name:
         split.csv            which file went where (`tlfast.data.split`)
         training_curves.png, evaluation.json, confusion_matrix.png,
         predictions.csv      (`tlfast.plots`, `tlfast.evaluate`)
+        report.html          all of it on one page (`tlfast.report`)
         eval_<split>/        reports of `tlfast-evaluate` into the run
         export/              `tlfast.export`
         logs/                TensorBoard
@@ -179,6 +180,10 @@ class RunFolder:
     def read_metrics(self, strict=True):
         """metrics.json as a dict, or None when there is none."""
         return _read_json(self.file(METRICS), strict)
+
+    def read_evaluation(self):
+        """evaluation.json (written by `tlfast.evaluate`) as a dict, or {}."""
+        return _read_json(self.file(EVALUATION), strict=False) or {}
 
     def read_split(self):
         """{split: [(relpath, label)]} of split.csv, or {} without one."""

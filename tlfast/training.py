@@ -26,6 +26,7 @@ from tlfast import extraction
 from tlfast import head as head_lib
 from tlfast import model as model_lib
 from tlfast import resolve as resolve_lib
+from tlfast import report as report_lib
 from tlfast import reuse
 from tlfast import run_data
 from tlfast import run_outputs
@@ -323,11 +324,13 @@ def _train(run, folder, strategy, start, key):
         folder.write_run_info(run_info)
     report = run_outputs.finish_run(classifier, data, run, folder, timings,
                                     val_probs)
-    timings["total"] = round(time.perf_counter() - start, 3)
     metrics = _metrics(data, extracted, val_accuracy, timings, key, report,
                        run.image_size)
     metrics["stages"] = stage_results
     metrics["augment_views"] = run.views
+    with Phase("report", timings=timings):
+        report_lib.write_run_report(folder, metrics, run_info)
+    timings["total"] = round(time.perf_counter() - start, 3)
     folder.write_metrics(metrics)
     if key is not None:
         run_info.update(reuse.record(key, folder.path, extracted, since_ns))
