@@ -73,6 +73,13 @@ def test_all_formats_match_the_keras_model(mobilenet, exported):
         assert report[fmt]["accuracy"] == report[fmt]["reference_accuracy"]
     assert not report["tflite"]["select_tf_ops"]
     assert report["tflite_int8"]["max_prob_diff"] < 0.1
+    # Smaller weights, same answers: float16 halves, int8 weights quarter.
+    for fmt in ("tflite_fp16", "tflite_dynamic"):
+        assert report[fmt]["parity_ok"] is not False, (fmt, report[fmt])
+    assert (report["tflite_dynamic"]["size_bytes"]
+            < report["tflite_fp16"]["size_bytes"]
+            < report["tflite"]["size_bytes"])
+    assert report["tflite_fp16"]["max_prob_diff"] <= 1e-2
     assert report["tflite_int8"]["size_bytes"] < report["tflite"]["size_bytes"] / 2
     assert json.loads((out / "export.json").read_text()) == json.loads(
         json.dumps(report))

@@ -23,7 +23,8 @@ RESIZE_MODES = ("resize", "crop", "pad")
 DEFAULT_RESIZE = "crop"
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 DISTRIBUTIONS = ("none", "mirrored", "multi_worker", "tpu")
-EXPORT_FORMATS = ("keras", "saved_model", "tflite", "tflite_int8")
+EXPORT_FORMATS = ("keras", "saved_model", "tflite", "tflite_fp16",
+                  "tflite_dynamic", "tflite_int8")
 EVAL_SPLITS = ("auto", "validation", "train", "test", "all")
 FEATURE_DTYPES = ("float16", "float32")
 CLASS_WEIGHTS = ("none", "balanced")
@@ -254,8 +255,8 @@ class TrainConfig:
         "a link can reach any file this process may read).")
     export: str = setting(
         "", "Comma list of export formats: keras, saved_model, tflite, "
-        "tflite_int8 (each checked for parity with model.keras on the "
-        "validation images).")
+        "tflite_fp16, tflite_dynamic, tflite_int8 (each checked for parity "
+        "with model.keras on the validation images).")
     data_service_address: str | None = setting(
         None, "grpc://host:port of a tf.data service dispatcher (see "
         "tlfast-data-service): decoding runs on its workers.")
@@ -456,7 +457,8 @@ class ExportConfig:
                                 "(or its run folder).", required=True)
     output_dir: str | None = setting(None, "Where the exports go.",
                                      required=True)
-    formats: str = setting(",".join(EXPORT_FORMATS), "Comma-separated: "
+    formats: str = setting("keras,saved_model,tflite,tflite_int8",
+                           "Comma-separated: "
                            f"{', '.join(EXPORT_FORMATS)}.")
     data_dir: str | None = setting(None, "The run's data folder (default: "
                                    "from run.json).")

@@ -10,6 +10,11 @@ Formats, written into `output_dir` with `labels.txt` beside them:
     tflite       model.tflite: float32 weights and activations, uint8 input,
                  float32 output; converted from the SavedModel.
                  Works under the JAX backend too (via jax2tf).
+    tflite_fp16  model_fp16.tflite: float16 weights (half the size), float
+                 activations on CPU (fp16 on GPUs that have it).
+    tflite_dynamic  model_dynamic.tflite: dynamic-range quantization: int8
+                 weights (a quarter of the size), float activations; needs
+                 no calibration images.
     tflite_int8  model_int8.tflite: full-integer quantization of weights and
                  activations, calibrated on representative training images.
                  Input stays uint8 [None, S, S, 3] (raw pixels, no input
@@ -50,9 +55,19 @@ from tlfast.data import scan as scan_lib
 log = logging.getLogger("tlfast")
 FORMATS = config.EXPORT_FORMATS
 # Formats converted from the SavedModel of `serving_model(model)`.
-GRAPH_FORMATS = frozenset({"saved_model", "tflite", "tflite_int8"})
+GRAPH_FORMATS = frozenset({"saved_model", "tflite", "tflite_fp16",
+                           "tflite_dynamic", "tflite_int8"})
 FILE_NAMES = {"keras": "model.keras", "saved_model": "saved_model",
-              "tflite": "model.tflite", "tflite_int8": "model_int8.tflite"}
+              "tflite": "model.tflite", "tflite_fp16": "model_fp16.tflite",
+              "tflite_dynamic": "model_dynamic.tflite",
+              "tflite_int8": "model_int8.tflite"}
+# Parity of each format: (largest probability change allowed, or None for
+# none; top-1 agreement needed on decisive images; the shift that makes a
+# near-tie). float16 weights move probabilities by ~1e-3 (measured up to
+# 4e-3 on the tiny test model); int8 weights (dynamic range) like int8.
+_FP16_MAX_DIFF = 1e-2
+TOLERANCES = {"tflite_fp16": (_FP16_MAX_DIFF, 0.99, _FP16_MAX_DIFF),
+              "tflite_dynamic": (None, 0.95, 0.05)}
 FLOAT_TOP1, FLOAT_MAX_DIFF = 0.995, 1e-3
 INT8_TOP1 = 0.95
 # How far int8 quantization may move a probability on a near-tie.
@@ -269,9 +284,15 @@ def _run_saved_model(path, images, batch_size=32):
     return np.concatenate(outputs).astype(np.float32)
 
 
-def _convert(saved_model_dir, representative=None):
-    """TFLite flatbuffer bytes; float, or full-integer with `representative`."""
+def _convert(saved_model_dir, representative=None, fmt="tflite"):
+    """TFLite flatbuffer bytes; float, float16 or dynamic-range weights, or
+    full-integer with `representative`."""
     converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir)
+    if fmt in ("tflite_fp16", "tflite_dynamic"):
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if fmt == "tflite_fp16":
+            converter.target_spec.supported_types = [tf.float16]
+        return converter.convert(), False
     if representative is not None:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = lambda: (
@@ -293,7 +314,7 @@ def _convert(saved_model_dir, representative=None):
         return converter.convert(), True
 
 
-def parity(reference, probs, labels=None, *, quantized=False):
+def parity(reference, probs, labels=None, *, quantized=False, tolerance=None):
     """Compares an export's probabilities with the Keras model's.
 
     A float export must stay within `FLOAT_MAX_DIFF` of every probability;
@@ -306,6 +327,8 @@ def parity(reference, probs, labels=None, *, quantized=False):
       probs: float [N, C] probabilities of the export.
       labels: Optional int [N] true classes.
       quantized: Whether the export is int8.
+      tolerance: (max probability change or None, top-1 agreement, near-tie
+        shift) instead of the float or int8 defaults (`TOLERANCES`).
 
     Returns:
       {"top1_agreement" (over all images), "max_prob_diff", "parity_ok"
@@ -321,12 +344,16 @@ def parity(reference, probs, labels=None, *, quantized=False):
     ranked = np.sort(reference, axis=1)
     margin = ranked[:, -1] - ranked[:, -2] if reference.shape[1] > 1 else (
         np.ones(len(reference)))
-    decisive = margin > 2 * (INT8_MAX_SHIFT if quantized else FLOAT_MAX_DIFF)
+    if tolerance is None:
+        tolerance = ((None, INT8_TOP1, INT8_MAX_SHIFT) if quantized else
+                     (FLOAT_MAX_DIFF, FLOAT_TOP1, FLOAT_MAX_DIFF))
+    max_diff, top1, shift = tolerance
+    decisive = margin > 2 * shift
     agree = float(np.mean(same[decisive])) if decisive.any() else None
-    if quantized:  # None: nothing decisive to compare.
-        ok = None if agree is None else agree >= INT8_TOP1
+    if max_diff is None:  # None: nothing decisive to compare.
+        ok = None if agree is None else agree >= top1
     else:
-        ok = diff <= FLOAT_MAX_DIFF and (agree is None or agree >= FLOAT_TOP1)
+        ok = diff <= max_diff and (agree is None or agree >= top1)
     out = {"top1_agreement": float(np.mean(same)), "max_prob_diff": diff,
            "parity_ok": None if ok is None else bool(ok),
            "num_images": int(len(probs)),
@@ -365,7 +392,8 @@ def _export_one(fmt, model, path, saved_model_dir, representative, images,
             probs = _run_saved_model(saved_model_dir, images, batch_size)
     else:
         flatbuffer, select_ops = _convert(
-            saved_model_dir, representative if fmt == "tflite_int8" else None)
+            saved_model_dir, representative if fmt == "tflite_int8" else None,
+            fmt)
         atomic.write_bytes(path, flatbuffer)
         info["select_tf_ops"] = select_ops
         if fmt == "tflite_int8":
@@ -511,7 +539,8 @@ def _export_saved_model(serving, directory, class_names):
 def _parity_of(fmt, reference, against_float_copy, probs, labels):
     """The parity entries of one export's report, logged when not clean."""
     info = parity(reference, np.asarray(probs, np.float32), labels,
-                  quantized=fmt == "tflite_int8")
+                  quantized=fmt == "tflite_int8",
+                  tolerance=TOLERANCES.get(fmt))
     if fmt != "keras" and against_float_copy:
         info["reference"] = "float32 copy of the model"
     if info["parity_ok"] is None:
