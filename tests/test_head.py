@@ -260,3 +260,18 @@ def test_class_weights_weigh_the_loss_on_both_paths(monkeypatch):
         np.testing.assert_allclose(compiled[key], loop[key], rtol=1e-5, err_msg=key)
     for got, expected in zip(compiled_weights, loop_weights):
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_lr_find_sweeps_and_suggests_a_rate_that_trains():
+    (x, y), (vx, vy) = _blobs(seed=0), _blobs(seed=0, n=100)
+    config = head_lib.HeadConfig(seed=1, patience=0, epochs=10)
+    rates, losses, suggested = head_lib.lr_find(16, 3, (x, y), config)
+    assert len(rates) == len(losses) > 20 and rates[0] == pytest.approx(1e-5)
+    assert np.all(np.diff(rates) > 0) and 1e-5 <= suggested <= 1.0
+    assert losses.min() < losses[0]  # The loss fell somewhere in the sweep.
+    keras.utils.set_random_seed(1)
+    tuned = head_lib.HeadConfig(seed=1, patience=0, epochs=10,
+                                learning_rate=suggested)
+    head = head_lib.build_head(16, 3, tuned)
+    head_lib.train_head(head, (x, y), None, tuned)
+    assert (head_lib.predict_head(head, vx).argmax(1) == vy).mean() > 0.8

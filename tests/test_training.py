@@ -432,3 +432,11 @@ def test_library_use_shows_progress_without_logging_set_up(tmp_path):
                             text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "[extract] done" in result.stderr and "val_accuracy=" in result.stderr
+
+
+def test_lr_find_writes_its_plot_and_logs_a_suggestion(tiny_config, caplog):
+    with caplog.at_level("INFO", logger="tlfast"):
+        metrics = _run(dataclasses.replace(tiny_config, lr_find=True))
+    assert os.path.exists(os.path.join(tiny_config.output_dir, "lr_find.png"))
+    assert "[lr_find] suggested --learning_rate=" in caplog.text
+    assert "lr_find" in metrics["timings_s"]

@@ -220,6 +220,10 @@ class TrainConfig:
                                     "fine-tuning.")
     fine_tune_learning_rate: float = setting(1e-4, "Fine-tuning learning "
                                              "rate.")
+    lr_find: bool = setting(
+        False, "Before training the head, sweep its learning rate on the "
+        "cached features (fastai's lr_find): writes lr_find.png and logs a "
+        "suggested --learning_rate; the head then trains with the rate given.")
     augment: str = setting(
         "standard", "Augmentation preset (none, flip, light, standard, "
         "seed_recipe, strong) or ops list, e.g. 'flip,rotation:0.1,zoom:0.2'.")

@@ -111,6 +111,22 @@ def plot_training_curves(history_csv_path, png_path):
     return _save(fig, png_path)
 
 
+def plot_lr_find(rates, losses, suggested, png_path):
+    """Loss against learning rate (log scale), the suggestion marked."""
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.add_subplot(1, 1, 1)
+    ax.plot(rates, losses)
+    ax.axvline(suggested, color="tab:red", linestyle="--",
+               label=f"suggested {suggested:.2g}")
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("loss (smoothed)")
+    ax.set_title("Head learning-rate sweep")
+    ax.legend()
+    fig.tight_layout()
+    return _save(fig, png_path)
+
+
 def plot_confusion_matrix(matrix, class_names, png_path):
     """Plots a confusion matrix of counts, annotated in each cell.
 

@@ -51,6 +51,7 @@ HISTORY = "history.csv"
 SPLIT = "split.csv"
 CURVES = "training_curves.png"
 LOG = "train.log"
+LR_FIND = "lr_find.png"
 EVALUATION = "evaluation.json"
 LOCK = ".tlfast-run.lock"
 

@@ -25,15 +25,16 @@ from tlfast import distribute
 from tlfast import extraction
 from tlfast import head as head_lib
 from tlfast import model as model_lib
-from tlfast import resolve as resolve_lib
+from tlfast import progress
 from tlfast import report as report_lib
+from tlfast import resolve as resolve_lib
 from tlfast import reuse
 from tlfast import run_data
+from tlfast import run_folder as run_folder_lib
 from tlfast import run_outputs
 from tlfast.config import TrainConfig  # noqa: F401  (the library's input)
 from tlfast.data import augment as augment_lib
 from tlfast.data import pipeline
-from tlfast import progress
 from tlfast.progress import EpochLogger
 from tlfast.progress import Phase
 from tlfast.run_folder import RunFolder
@@ -226,6 +227,19 @@ def _log_augmentation(run, num_train, extracted, timings):
                  run.augment, num_train, config_lib.AUTO_VIEWS_MAX_TRAIN)
 
 
+def _lr_find(run, train, num_classes, timings):
+    """--lr_find: the sweep's plot in the run folder and its suggestion logged."""
+    from tlfast import plots
+
+    with Phase("lr_find", timings=timings):
+        rates, losses, suggested = head_lib.lr_find(
+            run.spec.feature_dim, num_classes, train, run.head)
+        plots.plot_lr_find(rates, losses, suggested, RunFolder(
+            run.config.output_dir).file(run_folder_lib.LR_FIND))
+    log.info("[lr_find] suggested --learning_rate=%.2g (this run uses %.2g); "
+             "plot: %s", suggested, run.head.learning_rate, run_folder_lib.LR_FIND)
+
+
 def _class_weights(run, labels, num_classes):
     """float32 [C] weights for --class_weight=balanced, else None (logged)."""
     if run.config.class_weight != "balanced":
@@ -249,6 +263,8 @@ def _train_head(run, data, extracted, timings, callbacks):
     train_x = np.concatenate([view[order] for view in extracted.train_views])
     train_y = np.tile(train.labels[order], len(extracted.train_views))
     num_classes = len(data.class_names)
+    if run.config.lr_find:
+        _lr_find(run, (train_x, train_y), num_classes, timings)
     head = head_lib.build_head(run.spec.feature_dim, num_classes, run.head)
     with Phase("head", timings=timings):
         history = head_lib.train_head(
