@@ -150,17 +150,20 @@ class HeadConfig:
     seed: int = 0
 
     def __post_init__(self):
-        check_values(self, [
-            ("hidden_units", _at_least(0), "an integer >= 0"),
-            ("dropout", _fraction, "in [0, 1)"),
-            ("learning_rate", _positive, "> 0"),
-            ("epochs", _at_least(1), "an integer >= 1"),
-            ("batch_size", _at_least(1), "an integer >= 1"),
-            ("patience", _at_least(0), "an integer >= 0"),
-            ("label_smoothing", _fraction, "in [0, 1)"),
-        ])
+        check_values(self, _HEAD_RULES)
 
 
+# The head's value rules, also `TrainConfig`'s for the same settings (under
+# its names: `head_batch_size` there is `batch_size` here).
+_HEAD_RULES = [
+    ("hidden_units", _at_least(0), "an integer >= 0"),
+    ("dropout", _fraction, "in [0, 1)"),
+    ("learning_rate", _positive, "> 0"),
+    ("epochs", _at_least(1), "an integer >= 1"),
+    ("batch_size", _at_least(1), "an integer >= 1"),
+    ("patience", _at_least(0), "an integer >= 0"),
+    ("label_smoothing", _fraction, "in [0, 1)"),
+]
 _HEAD = HeadConfig()
 
 
@@ -297,13 +300,8 @@ class TrainConfig:
             ("image_size", lambda v: v is None or _at_least(1)(v),
              "None (the backbone's) or an integer >= 1"),
             ("batch_size", _at_least(1), "an integer >= 1"),
-            ("head_batch_size", _at_least(1), "an integer >= 1"),
-            ("epochs", _at_least(1), "an integer >= 1"),
-            ("learning_rate", _positive, "> 0"),
-            ("hidden_units", _at_least(0), "an integer >= 0"),
-            ("dropout", _fraction, "in [0, 1)"),
-            ("patience", _at_least(0), "an integer >= 0"),
-            ("label_smoothing", _fraction, "in [0, 1)"),
+            *((("head_batch_size" if name == "batch_size" else name),
+               rule, expected) for name, rule, expected in _HEAD_RULES),
             ("fine_tune_learning_rate", _positive, "> 0"),
             ("fine_tune_epochs", _at_least(0), "an integer >= 0"),
             ("fine_tune_blocks", _at_least(0), "an integer >= 0"),

@@ -48,11 +48,12 @@ def finish_run(classifier, data, run, folder, timings, val_probs=None):
             for name, scores in result.get("per_class", {}).items()}
     if config.export_formats:
         with Phase("export", timings=timings):
-            report["exports"] = _export(classifier, data, run, folder)
+            report["exports"] = _export(classifier, data, run, folder,
+                                        val_entries)
     return report
 
 
-def _export(classifier, data, run, folder):
+def _export(classifier, data, run, folder, val_entries):
     from tlfast import export
 
     representative = validation = None
@@ -63,7 +64,7 @@ def _export(classifier, data, run, folder):
         # Capped: decoded pixels of a large validation set would not fit in
         # memory; evenly spaced, every class is there.
         validation = export.decode_entries(
-            data.validation.entries, size, run.config.resize,
+            val_entries, size, run.config.resize,
             limit=export.PARITY_IMAGES)
     return export.export_model(
         classifier, run.config.export_formats, folder.file("export"),

@@ -227,15 +227,15 @@ def _log_augmentation(run, num_train, extracted, timings):
                  run.augment, num_train, config_lib.AUTO_VIEWS_MAX_TRAIN)
 
 
-def _lr_find(run, train, num_classes, timings):
+def _lr_find(run, folder, train, num_classes, timings):
     """--lr_find: the sweep's plot in the run folder and its suggestion logged."""
     from tlfast import plots
 
     with Phase("lr_find", timings=timings):
         rates, losses, suggested = head_lib.lr_find(
             run.spec.feature_dim, num_classes, train, run.head)
-        plots.plot_lr_find(rates, losses, suggested, RunFolder(
-            run.config.output_dir).file(run_folder_lib.LR_FIND))
+        plots.plot_lr_find(rates, losses, suggested,
+                           folder.file(run_folder_lib.LR_FIND))
     log.info("[lr_find] suggested --learning_rate=%.2g (this run uses %.2g); "
              "plot: %s", suggested, run.head.learning_rate, run_folder_lib.LR_FIND)
 
@@ -250,7 +250,7 @@ def _class_weights(run, labels, num_classes):
     return weights
 
 
-def _train_head(run, data, extracted, timings, callbacks):
+def _train_head(run, folder, data, extracted, timings, callbacks):
     """Trains the head on the cached features.
 
     Returns:
@@ -264,7 +264,7 @@ def _train_head(run, data, extracted, timings, callbacks):
     train_y = np.tile(train.labels[order], len(extracted.train_views))
     num_classes = len(data.class_names)
     if run.config.lr_find:
-        _lr_find(run, (train_x, train_y), num_classes, timings)
+        _lr_find(run, folder, (train_x, train_y), num_classes, timings)
     head = head_lib.build_head(run.spec.feature_dim, num_classes, run.head)
     with Phase("head", timings=timings):
         history = head_lib.train_head(
@@ -296,8 +296,8 @@ def _train(run, folder, strategy, start, key):
     _log_augmentation(run, len(data.train), extracted, timings)
     tensorboard = keras.callbacks.TensorBoard(folder.file("logs"),
                                               write_graph=False)
-    head, head_history, val_probs = _train_head(run, data, extracted, timings,
-                                                [tensorboard])
+    head, head_history, val_probs = _train_head(run, folder, data, extracted,
+                                                timings, [tensorboard])
     stages = [("head", head_history)]
     val_accuracy = float(np.mean(val_probs.argmax(axis=1)
                                  == data.validation.labels))

@@ -15,6 +15,7 @@ interface of `tlfast.data.examples.TfdsExamples`.
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import io
 import json
@@ -364,9 +365,12 @@ class PreparedExamples:
     def ids(self):
         return list(self._ids)
 
-    @property
+    @functools.cached_property
     def entries(self):
-        """`FileEntry`s of the records' files, for split files and evaluation."""
+        """`FileEntry`s of the records' files, for split files and evaluation.
+
+        Built once (the split file, the evaluation and the exports all use
+        them)."""
         # Ids are "relpath|size|mtime": a file name may hold "|" too.
         entries = []
         for identity, label in zip(self._ids, self.labels):
