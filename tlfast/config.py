@@ -174,6 +174,17 @@ class TrainConfig:
     data_dir: str | None = setting(
         None, "Folder of class sub-folders of images, or with train/ and "
         "validation/ (or val/) sub-folders of them.")
+    labels_csv: str | None = setting(
+        None, "CSV file with columns path,label (paths relative to "
+        "--data_dir, one row per image): labels from it instead of class "
+        "folder names.")
+    multi_label: bool = setting(
+        False, "Each image may have several labels (--labels_csv's label "
+        "column, split by --label_delimiter): a sigmoid head with binary "
+        "cross-entropy, per-label precision/recall/F1, and a decision "
+        "threshold chosen on validation.")
+    label_delimiter: str = setting(
+        " ", "What separates the labels of a --multi_label row.")
     tfds_name: str | None = setting(
         None, "TFDS dataset name, e.g. tf_flowers (instead of --data_dir).")
     tfds_data_dir: str | None = setting(
@@ -334,6 +345,16 @@ class TrainConfig:
             raise ValueError(
                 "Pass either data_dir or tfds_name, not both. Received: "
                 f"data_dir={self.data_dir!r}, tfds_name={self.tfds_name!r}")
+        if self.labels_csv and not self.data_dir:
+            raise ValueError(
+                "labels_csv needs data_dir, the folder its paths are relative "
+                f"to. Received: labels_csv={self.labels_csv!r}, data_dir=None")
+        if self.multi_label and not self.labels_csv:
+            raise ValueError(
+                "multi_label needs labels_csv (a CSV whose label column holds "
+                "each image's labels separated by label_delimiter): class "
+                "folders give one label per image. Received: multi_label=True, "
+                "labels_csv=None")
         if self.data_service_address and self.tfds_name:
             # Only image folders are decoded on service workers; a TFDS
             # dataset would silently decode here.
@@ -352,6 +373,11 @@ class TrainConfig:
                 "(distribution='mirrored' uses all its GPUs); the feature "
                 "cache is reused. Received: fine_tune_epochs="
                 f"{self.fine_tune_epochs}, distribution='multi_worker'")
+        if self.multi_label and self.class_weight != "none":
+            raise ValueError(
+                "class_weight='balanced' weighs single-label classes; with "
+                "multi_label it is not supported. Received: class_weight="
+                f"{self.class_weight!r}, multi_label=True")
         if "tflite_int8" in export_formats(self.export) and self.tfds_name:
             # Its calibration images come from the folder's files.
             raise ValueError(
@@ -412,6 +438,10 @@ class EvaluateConfig:
         "folder it trained on, the validation folder of another pre-split "
         "folder, else all images. Without a validation folder, "
         "train/validation re-create the run's own split.", choices=EVAL_SPLITS)
+    labels_csv: str | None = setting(
+        None, "CSV with columns path,label for --data_dir (default: the "
+        "run's --labels_csv when --data_dir is the folder it trained on, "
+        "else class folder names).")
     batch_size: int = setting(32, "Images per forward pass.")
     top_k: int = setting(5, "k of the top-k accuracy (capped at the number "
                          "of classes).")

@@ -22,6 +22,7 @@ import numpy as np
 from tlfast import atomic
 from tlfast import config
 from tlfast import plots
+from tlfast.data import labels_csv
 from tlfast.data import prepare
 from tlfast import predict as predict_lib
 from tlfast import progress
@@ -97,7 +98,7 @@ def _choose(folder, split):
 def load_eval_entries(data_dir, class_names, *, split="auto", validation_split=0.2,
                       seed=0, cache_dir=None, skip_placeholders=True,
                       follow_links=False,
-                      max_pixels=scan_lib.DEFAULT_MAX_PIXELS):
+                      max_pixels=scan_lib.DEFAULT_MAX_PIXELS, labels=None):
     """Lists and scans the images of one split of a folder, as training does.
 
     Args:
@@ -115,6 +116,8 @@ def load_eval_entries(data_dir, class_names, *, split="auto", validation_split=0
       skip_placeholders: Skip "image not found" graphics, as training does.
       follow_links: Use links out of the folder, as training did.
       max_pixels: Skip larger images, as training does (the run's setting).
+      labels: Optional `tlfast.data.labels_csv.LabelsCsv` (labels from a
+        CSV instead of class folders).
 
     Returns:
       (entries, skipped, split): usable `FileEntry`s, `Skipped` files of the
@@ -127,7 +130,7 @@ def load_eval_entries(data_dir, class_names, *, split="auto", validation_split=0
       ValueError: Fewer than two class folders, classes that `class_names`
         lacks, an unknown split, or no usable image.
     """
-    folder = sources.list_image_folder(data_dir, follow_links)
+    folder = sources.list_image_folder(data_dir, follow_links, labels)
     check_class_names(folder.class_names, class_names, folder.root)
     entries, split = _choose(folder, split)
     if entries is None:
@@ -136,7 +139,8 @@ def load_eval_entries(data_dir, class_names, *, split="auto", validation_split=0
         data = prepare.prepare_folder(
             data_dir, validation_split=validation_split, seed=seed,
             cache_dir=cache_dir, max_pixels=max_pixels,
-            skip_placeholders=skip_placeholders, follow_links=follow_links)
+            skip_placeholders=skip_placeholders, follow_links=follow_links,
+            labels=labels)
         return (_relabel(getattr(data, split), folder.class_names, class_names),
                 list(data.skipped), split)
     # Listing-time skips (bad extensions) of the chosen split only: those
@@ -382,9 +386,18 @@ def run_evaluation(config):
     progress.ensure_visible()
     model_run = run_folder.load_model_run(config.model)
     run = model_run.run
-    split = config.split
-    if split == "auto" and _trained_on(config.data_dir, run):
+    split, same = config.split, _trained_on(config.data_dir, run)
+    if split == "auto" and same:
         split = "validation"
+    if run.setting("multi_label", False):
+        raise ValueError(
+            f"tlfast-evaluate does not evaluate multi-label models yet; the "
+            f"training run's metrics.json and report.html hold the per-label "
+            f"precision, recall and F1 on validation. Received: "
+            f"model={config.model!r}")
+    # The run's labels CSV when evaluating the folder it trained on.
+    labels = labels_csv.of_settings(
+        config.labels_csv or (run.setting("labels_csv") if same else None))
     entries, skipped, split = load_eval_entries(
         config.data_dir, model_run.class_names, split=split,
         validation_split=run.setting("validation_split", 0.2),
@@ -393,7 +406,8 @@ def run_evaluation(config):
         # Judge the same images the run trained and validated on.
         skip_placeholders=run.setting("skip_placeholders", True),
         follow_links=run.setting("follow_links", False),
-        max_pixels=run.setting("max_pixels", scan_lib.DEFAULT_MAX_PIXELS))
+        max_pixels=run.setting("max_pixels", scan_lib.DEFAULT_MAX_PIXELS),
+        labels=labels)
     out = report_dir_for(config.output_dir, split)
     result = evaluate_model(
         model_run.model, entries, model_run.class_names, out,

@@ -34,6 +34,7 @@ import tensorflow as tf
 import tlfast
 from tlfast import backbones
 from tlfast import features as features_lib
+from tlfast import run_data
 from tlfast import run_folder
 from tlfast.data import prepare
 from tlfast.data import sources
@@ -113,7 +114,8 @@ def run_key(run):
         config.data_dir, validation_split=config.validation_split,
         seed=config.seed, max_pixels=config.max_pixels,
         skip_placeholders=config.skip_placeholders,
-        follow_links=config.follow_links).name
+        follow_links=config.follow_links,
+        labels=run_data.labels_of(config)).name
     settings = {k: v for k, v in dataclasses.asdict(config).items()
                 if k not in _NOT_IN_KEY}
     blob = json.dumps({

@@ -6,6 +6,7 @@ import os
 
 from tlfast import run_folder
 from tlfast.data import examples as examples_lib
+from tlfast.data import labels_csv
 from tlfast.data import prepare
 from tlfast.data import sources
 from tlfast.progress import Phase
@@ -26,6 +27,12 @@ class TrainingData:
     split_file: str = None
     tfds_splits: tuple = None
     prepared_tfds: dict = None
+
+
+def labels_of(config):
+    """The run's `LabelsCsv` (--labels_csv), or None: labels from folders."""
+    return labels_csv.of_settings(config.labels_csv, config.multi_label,
+                                  config.label_delimiter)
 
 
 def load_data(run, folder, timings):
@@ -50,7 +57,7 @@ def load_data(run, folder, timings):
             seed=config.seed, cache_dir=os.path.expanduser(config.cache_dir),
             strict=config.strict, max_pixels=config.max_pixels,
             skip_placeholders=config.skip_placeholders,
-            follow_links=config.follow_links,
+            follow_links=config.follow_links, labels=labels_of(config),
             progress=lambda done, total: phase.update(done, total))
     prepare.log_skipped(data.skipped)
     folder.write_split({"train": data.train, "validation": data.validation},
@@ -80,6 +87,7 @@ def load_prepared_data(config, size, folder, timings):
             max_pixels=config.max_pixels,
             skip_placeholders=config.skip_placeholders,
             follow_links=config.follow_links, lock_timeout=config.lock_timeout,
+            labels=labels_of(config),
             progress=lambda done, total: phase.update(done, total))
     prepare.log_skipped(prepared.skipped)
     sets = {split: folder_builder.prepared_examples(

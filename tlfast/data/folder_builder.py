@@ -97,7 +97,8 @@ def _slug(root):
 
 def folder_config(data_dir, *, validation_split=0.2, seed=0, cache_dir=None,
                   max_pixels=scan_lib.DEFAULT_MAX_PIXELS, strict=False,
-                  progress=None, skip_placeholders=True, follow_links=False):
+                  progress=None, skip_placeholders=True, follow_links=False,
+                  labels=None):
     """The `ImageFolderConfig` of a folder as it is now (lists it, reads no image).
 
     Args: as for `prepare_image_folder`.
@@ -109,7 +110,7 @@ def folder_config(data_dir, *, validation_split=0.2, seed=0, cache_dir=None,
       FileNotFoundError: No such folder.
       ValueError: Fewer than two class sub-folders.
     """
-    folder = sources.list_image_folder(data_dir, follow_links)
+    folder = sources.list_image_folder(data_dir, follow_links, labels)
     h = hashlib.sha256()
     # Everything that changes what is stored: the builder's format, the
     # scan's rules, the split settings and every file's identity.
@@ -121,6 +122,8 @@ def folder_config(data_dir, *, validation_split=0.2, seed=0, cache_dir=None,
              # Only when not the default: earlier preparations stay valid.
              f"{'' if skip_placeholders else ' keep-placeholders'}"
              f"{' follow-links' if follow_links else ''}"
+             # The labels' content: a relabelled image is another dataset.
+             f"{' ' + labels.identity() if labels else ''}"
              # Where it is: two folders of the same layout, sizes and times
              # (a copy) are still two datasets.
              f" {os.path.realpath(folder.root)}\n"
@@ -142,7 +145,7 @@ def folder_config(data_dir, *, validation_split=0.2, seed=0, cache_dir=None,
         validation_split=validation_split, seed=seed, max_pixels=max_pixels,
         skip_placeholders=bool(skip_placeholders),
         follow_links=bool(follow_links), cache_dir=cache_dir,
-        strict=strict, progress=progress)
+        strict=strict, progress=progress, labels=labels)
 
 
 def _remove_replaced(dataset_dir, config):
@@ -223,7 +226,7 @@ def _load_index(builder, fingerprint):
 def prepare_image_folder(data_dir, *, data_root, validation_split=0.2, seed=0,
                          cache_dir=None, max_pixels=scan_lib.DEFAULT_MAX_PIXELS,
                          strict=False, progress=None, skip_placeholders=True,
-                         follow_links=False, lock_timeout=None):
+                         follow_links=False, lock_timeout=None, labels=None):
     """Prepares an image folder as TFDS records once; reuses them while unchanged.
 
     Args:
@@ -241,6 +244,9 @@ def prepare_image_folder(data_dir, *, data_root, validation_split=0.2, seed=0,
       progress: Optional callable(done, total) during the scan.
       skip_placeholders: Skip "image not found" graphics (few colours, one
         covering most of the image); False keeps them (e.g. line drawings).
+      follow_links: Use links that resolve outside the folder.
+      lock_timeout: Seconds to wait for another process preparing it.
+      labels: Optional `tlfast.data.labels_csv.LabelsCsv` (labels from a CSV).
 
     Returns:
       A `PreparedImageFolder`.
@@ -253,7 +259,7 @@ def prepare_image_folder(data_dir, *, data_root, validation_split=0.2, seed=0,
     config = folder_config(data_dir, validation_split=validation_split,
                            seed=seed, cache_dir=cache_dir, max_pixels=max_pixels,
                            skip_placeholders=skip_placeholders,
-                           follow_links=follow_links,
+                           follow_links=follow_links, labels=labels,
                            strict=strict, progress=progress)
     data_root = os.path.abspath(os.path.expanduser(os.fspath(data_root)))
     dataset_dir = os.path.join(data_root, DATASET_NAME)
@@ -315,7 +321,8 @@ def prepare_image_folder(data_dir, *, data_root, validation_split=0.2, seed=0,
         if folder_config(data_dir, validation_split=validation_split, seed=seed,
                          max_pixels=max_pixels,
                          skip_placeholders=skip_placeholders,
-                         follow_links=follow_links).name != config.name:
+                         follow_links=follow_links,
+                         labels=labels).name != config.name:
             log.warning("'%s' changed while it was being prepared; it will be "
                         "prepared again on the next run.", config.root)
     skipped = tuple(sources.Skipped(path, reason)

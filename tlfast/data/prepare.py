@@ -43,7 +43,8 @@ class PreparedFolder:
 
 def prepare_folder(data_dir, *, validation_split=0.2, seed=0, cache_dir=None,
                    strict=False, max_pixels=scan_lib.DEFAULT_MAX_PIXELS,
-                   progress=None, skip_placeholders=True, follow_links=False):
+                   progress=None, skip_placeholders=True, follow_links=False,
+                   labels=None):
     """Lists, scans and splits an image folder.
 
     Args:
@@ -60,6 +61,7 @@ def prepare_folder(data_dir, *, validation_split=0.2, seed=0, cache_dir=None,
         `tlfast.data.walk`).
       skip_placeholders: Skip "image not found" graphics (few colours, one
         covering most of the image); False keeps them (e.g. line drawings).
+      labels: Optional `tlfast.data.labels_csv.LabelsCsv` (labels from a CSV).
 
     Returns:
       A `PreparedFolder`.
@@ -69,7 +71,7 @@ def prepare_folder(data_dir, *, validation_split=0.2, seed=0, cache_dir=None,
       ValueError: Fewer than two classes with usable training images, no
         usable validation image, or (strict) bad files.
     """
-    folder = sources.list_image_folder(data_dir, follow_links)
+    folder = sources.list_image_folder(data_dir, follow_links, labels)
     if folder.presplit:
         train = folder.splits["train"]
         validation = folder.splits.get("validation", [])

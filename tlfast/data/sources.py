@@ -182,7 +182,7 @@ def _find_child(root, names):
     return None
 
 
-def list_image_folder(root, follow_links=False):
+def list_image_folder(root, follow_links=False, labels=None):
     """Lists an image folder of either supported layout.
 
     Args:
@@ -190,6 +190,8 @@ def list_image_folder(root, follow_links=False):
         follow_links: Use files and folders reached through symbolic links
             that resolve outside `root` (by default they are skipped and
             reported; see `tlfast.data.walk`).
+        labels: Optional `tlfast.data.labels_csv.LabelsCsv`: the images and
+            their labels come from that CSV instead of class folders.
 
     Returns:
         An `ImageFolder`.
@@ -199,6 +201,11 @@ def list_image_folder(root, follow_links=False):
         ValueError: No class sub-folders, or validation/test classes that the
             training split does not have.
     """
+    if labels is not None:
+        # Imported here: labels_csv builds on this module's entries.
+        from tlfast.data import labels_csv
+
+        return labels_csv.list_labelled_folder(root, labels, follow_links)
     root = os.path.abspath(os.fspath(root))
     if not os.path.isdir(root):
         raise FileNotFoundError(

@@ -23,13 +23,15 @@ import stat
 from tlfast.data import headers
 
 
-def _outside(path, target):
+def outside_reason(path, target):
+    """The skip reason of `path`, a link or folder resolving to `target` outside."""
     return (f"symbolic link to '{target}', outside the data folder: not read "
             "(a link can reach any file this process may read); copy it into "
             "the folder, or pass --follow_links to trust the folder's links")
 
 
-def _inside(real, root_real):
+def inside(real, root_real):
+    """Whether the real path `real` is `root_real` or under it."""
     return real == root_real or real.startswith(root_real.rstrip(os.sep) + os.sep)
 
 
@@ -55,8 +57,8 @@ def walk_files(top, root_real, *, follow_links=False, hidden=None):
     stack, seen = [(top, os.path.realpath(top))], set()
     while stack:
         folder, real = stack.pop()
-        if not follow_links and not _inside(real, root_real):
-            yield folder, _outside(folder, real)
+        if not follow_links and not inside(real, root_real):
+            yield folder, outside_reason(folder, real)
             continue
         if real in seen:
             yield folder, ("folder link to a folder already listed (a link "
@@ -92,8 +94,8 @@ def _link(path, root_real, follow_links, subfolders):
     except OSError as e:
         yield path, f"broken symbolic link to '{target}': {e.strerror or e}"
         return
-    if not follow_links and not _inside(target, root_real):
-        yield path, _outside(path, target)
+    if not follow_links and not inside(target, root_real):
+        yield path, outside_reason(path, target)
     elif stat.S_ISDIR(mode):
         subfolders.append((path, target))
     elif stat.S_ISREG(mode):

@@ -50,6 +50,8 @@ class ImageFolderConfig(tfds.core.BuilderConfig):
         Does not change the prepared data, so not part of the fingerprint.
       strict: Fail on any bad file instead of skipping it.
       progress: Optional callable(done, total) during the scan.
+      labels: Optional `tlfast.data.labels_csv.LabelsCsv`: labels from a CSV
+        instead of class folder names.
     """
 
     root: str = ""
@@ -62,6 +64,7 @@ class ImageFolderConfig(tfds.core.BuilderConfig):
     cache_dir: str = None
     strict: bool = False
     progress: object = dataclasses.field(default=None, repr=False)
+    labels: object = None
 
 
 def settings_of(config):
@@ -69,7 +72,13 @@ def settings_of(config):
     settings = [float(config.validation_split), int(config.seed),
                 int(config.max_pixels)]
     # Only when not the default: earlier preparations keep their settings.
-    return settings if config.skip_placeholders else settings + [0]
+    if not config.skip_placeholders:
+        settings.append(0)
+    if config.labels is not None:
+        # Which CSV, not its content: a changed CSV replaces the old records.
+        settings.append([config.labels.path,
+                         config.labels.delimiter])
+    return settings
 
 
 class TlfastImageFolder(tfds.core.GeneratorBasedBuilder):
@@ -121,7 +130,7 @@ class TlfastImageFolder(tfds.core.GeneratorBasedBuilder):
             seed=config.seed, cache_dir=config.cache_dir, strict=config.strict,
             max_pixels=config.max_pixels, progress=config.progress,
             skip_placeholders=config.skip_placeholders,
-            follow_links=config.follow_links)
+            follow_links=config.follow_links, labels=config.labels)
         if tuple(data.class_names) != tuple(config.class_names):
             raise ValueError(
                 f"The classes of '{config.root}' changed while it was being "
