@@ -171,3 +171,33 @@ def test_settings_need_a_csv_for_multi_label(tmp_path):
     assert labels_csv.of_settings(None) is None
     assert labels_csv.of_settings("x.csv", True, ";").delimiter == ";"
     assert labels_csv.of_settings("x.csv", False, ";").delimiter is None
+
+
+def test_a_split_column_keeps_the_folders_split(split_folder, tmp_path):
+    folder = sources.list_image_folder(split_folder)
+    rows = [(e.relpath, folder.class_names[e.label], split)
+            for split, files in folder.splits.items() for e in files]
+    rows.append(("train/ants/img_000.jpg", "ants", "holdout"))  # Repeated.
+    csv_path = _write_csv(tmp_path / "l.csv", rows, "path,label,split")
+    labels = labels_csv.LabelsCsv(str(csv_path))
+    by_csv = prepare.prepare_folder(split_folder, labels=labels)
+    by_folder = prepare.prepare_folder(split_folder)
+    assert by_csv.presplit
+    for split in ("train", "validation"):
+        assert ({(e.relpath, e.label) for e in getattr(by_csv, split)} ==
+                {(e.relpath, e.label) for e in getattr(by_folder, split)})
+    rows[-1] = ("train/ants/img_001.jpg", "ants", "")
+    _write_csv(csv_path, rows[:3] + [("val/bees/img_000.jpg", "bees", "")],
+               "path,label,split")
+    with pytest.raises(ValueError, match="empty on some rows"):
+        sources.list_image_folder(split_folder, labels=labels)
+
+
+def test_an_unknown_split_value_is_a_skip(flat_folder, tmp_path):
+    csv_path = _write_csv(tmp_path / "l.csv", [
+        ("cats/img_000.jpg", "cats", "train"), ("dogs/img_000.jpg", "dogs", "train"),
+        ("dogs/img_001.jpg", "dogs", "holdout")], "path,label,split")
+    folder = sources.list_image_folder(
+        flat_folder, labels=labels_csv.LabelsCsv(str(csv_path)))
+    assert len(folder.splits["train"]) == 2
+    assert "split is none of" in folder.skipped[0].reason

@@ -12,13 +12,15 @@ import numpy as np
 from tlfast.config import HeadConfig
 
 
-def build_head(feature_dim, num_classes, config=HeadConfig()):
+def build_head(feature_dim, num_classes, config=HeadConfig(),
+               activation="softmax"):
     """Builds the head: [Dropout -> Dense(relu)] -> Dropout -> Dense(softmax).
 
     Args:
       feature_dim: Size of the pooled backbone features.
-      num_classes: Number of classes (>= 2).
+      num_classes: Number of classes (>= 2), or of labels (multi-label).
       config: A `HeadConfig`.
+      activation: "softmax" (one class an image) or "sigmoid" (multi-label).
 
     Returns:
       A `keras.Sequential` named "head" mapping float [B, feature_dim] to
@@ -39,7 +41,7 @@ def build_head(feature_dim, num_classes, config=HeadConfig()):
         keras.layers.Dropout(config.dropout, seed=seed + 1, dtype="float32",
                              name="head_dropout"),
         keras.layers.Dense(
-            num_classes, activation="softmax", dtype="float32",
+            num_classes, activation=activation, dtype="float32",
             kernel_initializer=keras.initializers.GlorotUniform(seed + 2),
             name="predictions"),
     ]
@@ -74,8 +76,22 @@ class SmoothedSparseCrossentropy(keras.losses.Loss):
                 "label_smoothing": self.label_smoothing}
 
 
-def compile_classifier(model, learning_rate, label_smoothing=0.0):
-    """Compiles a classifier with Adam and (sparse) categorical cross-entropy."""
+def compile_classifier(model, learning_rate, label_smoothing=0.0,
+                       label_matrix=None):
+    """Compiles a classifier with Adam and (sparse) categorical cross-entropy.
+
+    With `label_matrix` (multi-label: float [label sets, labels], see
+    `tlfast.multilabel`): binary cross-entropy and per-label accuracy, on
+    the same integer (label-set) targets.
+    """
+    if label_matrix is not None:
+        from tlfast import multilabel
+
+        model.compile(
+            optimizer=keras.optimizers.Adam(learning_rate),
+            loss=multilabel.SetCrossentropy(label_matrix, label_smoothing),
+            metrics=[multilabel.SetAccuracy(label_matrix)])
+        return model
     if label_smoothing:
         loss = SmoothedSparseCrossentropy(model.output_shape[-1], label_smoothing)
     else:
@@ -156,7 +172,8 @@ def predict_head(head, features, batch_size=_EVAL_CHUNK):
     return np.concatenate(chunks).astype(np.float32, copy=False)
 
 
-def _compiled_epochs(head, x, y, validation, batch_size, class_weights=None):
+def _compiled_epochs(head, x, y, validation, batch_size, class_weights=None,
+                     label_matrix=None):
     """One compiled TensorFlow call per epoch (training and validation), or None.
 
     `train_on_batch` costs a few milliseconds of Python per call, far more
@@ -180,6 +197,11 @@ def _compiled_epochs(head, x, y, validation, batch_size, class_weights=None):
     optimizer = head.optimizer
 
     def correct(labels, probs):
+        if label_matrix is not None:
+            from tlfast import multilabel
+
+            return tf.reduce_sum(multilabel.correct_per_example(
+                label_matrix, labels, probs))
         predicted = tf.cast(tf.argmax(probs, axis=-1), labels.dtype)
         return tf.reduce_sum(tf.cast(tf.equal(predicted, labels), tf.float32))
 
@@ -292,7 +314,7 @@ def balanced_class_weights(labels, num_classes):
 
 
 def train_head(head, train, validation=None, config=HeadConfig(), callbacks=(),
-               class_weights=None):
+               class_weights=None, label_matrix=None):
     """Fits the head on in-memory features.
 
     An epoch loop of its own instead of `fit`: on a few thousand cached
@@ -312,12 +334,15 @@ def train_head(head, train, validation=None, config=HeadConfig(), callbacks=(),
       class_weights: Optional float [C]: each training example's loss is
         weighted by its class's entry (see `balanced_class_weights`).
         Validation loss (early stopping) stays unweighted, as in `fit`.
+      label_matrix: Multi-label: float [label sets, labels] (labels then
+        index its rows; the head ends in a sigmoid per label).
 
     Returns:
       An object whose `.history` maps "loss", "accuracy" (and "val_loss",
       "val_accuracy") to per-epoch lists, like `keras.callbacks.History`.
     """
-    compile_classifier(head, config.learning_rate, config.label_smoothing)
+    compile_classifier(head, config.learning_rate, config.label_smoothing,
+                       label_matrix)
     # Optimizer slots created inside the first step would make TensorFlow
     # trace the step function twice; creating them up front saves that.
     head.optimizer.build(head.trainable_variables)
@@ -338,7 +363,7 @@ def train_head(head, train, validation=None, config=HeadConfig(), callbacks=(),
         class_weights = np.asarray(class_weights, np.float32)
     run_epoch = _compiled_epochs(
         head, x, y, None if validation is None else (vx, vy), batch_size,
-        class_weights)
+        class_weights, label_matrix)
     rng = np.random.default_rng(config.seed)
     history = _History()
     callback_list = keras.callbacks.CallbackList(
@@ -367,7 +392,7 @@ def train_head(head, train, validation=None, config=HeadConfig(), callbacks=(),
 
 
 def lr_find(feature_dim, num_classes, train, config=HeadConfig(),
-            start=1e-5, stop=1.0, steps=100):
+            start=1e-5, stop=1.0, steps=100, label_matrix=None):
     """A learning-rate sweep for the head, on cached features (fastai's lr_find).
 
     A fresh head takes `steps` optimizer steps on shuffled batches while the
@@ -382,6 +407,7 @@ def lr_find(feature_dim, num_classes, train, config=HeadConfig(),
       config: The head's `HeadConfig` (its rate is not used).
       start, stop: The sweep's first and last rate.
       steps: Optimizer steps.
+      label_matrix: Multi-label, as for `train_head`.
 
     Returns:
       (rates float [n], smoothed losses float [n], suggested rate).
@@ -389,8 +415,9 @@ def lr_find(feature_dim, num_classes, train, config=HeadConfig(),
     x = np.asarray(train[0], np.float32)
     y = np.asarray(train[1], np.int32)
     _check_examples("train", x, y)
-    head = build_head(feature_dim, num_classes, config)
-    compile_classifier(head, start, config.label_smoothing)
+    head = build_head(feature_dim, num_classes, config,
+                      "softmax" if label_matrix is None else "sigmoid")
+    compile_classifier(head, start, config.label_smoothing, label_matrix)
     rng = np.random.default_rng(config.seed)
     batch = step_batch_size(len(x), config.batch_size, config.epochs)
     rates = start * (stop / start) ** (np.arange(steps) / max(steps - 1, 1))

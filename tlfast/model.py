@@ -4,14 +4,15 @@ The same graph pieces serve feature extraction (no head) and the exported
 classifier, so features cached from one are exactly what the other computes.
 
 Importing this module registers every tlfast object a saved model.keras may
-hold (`BackbonePreprocessing`, `Augmentation`, the smoothed loss), so that
-`keras.models.load_model` finds them.
+hold (`BackbonePreprocessing`, `Augmentation`, the smoothed loss, the
+multi-label loss and metric), so that `keras.models.load_model` finds them.
 """
 
 import keras
 
 from tlfast import backbones
 from tlfast import head  # noqa: F401  (registers SmoothedSparseCrossentropy)
+from tlfast import multilabel  # noqa: F401  (registers SetCrossentropy, SetAccuracy)
 from tlfast.data import augment  # noqa: F401  (registers Augmentation)
 
 

@@ -144,7 +144,8 @@ def check_top_k(top_k, num_classes):
 
 
 def predict_images(model, paths, class_names, *, top_k=3, batch_size=32,
-                   resize=DEFAULT_RESIZE, skip_placeholders=True):
+                   resize=DEFAULT_RESIZE, skip_placeholders=True,
+                   threshold=None):
     """Top-k predictions for image files.
 
     Args:
@@ -157,10 +158,12 @@ def predict_images(model, paths, class_names, *, top_k=3, batch_size=32,
       resize: "resize", "crop" or "pad": use the run's (`ModelRun.resize`).
       skip_placeholders: Skip blank / "image not found" graphics, as
         training does.
+      threshold: Multi-label models: rows also get "labels", every label
+        whose probability reaches this (space-separated, best first).
 
     Returns:
       (rows, skipped). rows: one dict per usable file, in input order, with
-      "path", then "label_1", "prob_1", ..., "label_k", "prob_k" (prob a
+      "path", ["labels",] then "label_1", "prob_1", ..., "label_k", "prob_k" (prob a
       float in [0, 1], best first). skipped: a `Skipped(path, reason)` per
       file that is not a usable image; these have no row.
 
@@ -193,6 +196,9 @@ def predict_images(model, paths, class_names, *, top_k=3, batch_size=32,
     rows = []
     for p, best, position in zip(probs, order, positions):
         row = {"path": usable[position].path}
+        if threshold is not None:
+            row["labels"] = " ".join(class_names[c] for c in np.argsort(
+                -p, kind="stable") if p[c] >= threshold)
         for rank, c in enumerate(best, start=1):
             row[f"label_{rank}"] = class_names[c]
             row[f"prob_{rank}"] = float(p[c])
@@ -206,8 +212,10 @@ def write_predictions_csv(path, rows, top_k):
     Probabilities are written with 6 decimals. The header is written even
     for no rows.
     """
-    fields = ["path"] + [f"{kind}_{r}" for r in range(1, top_k + 1)
-                         for kind in ("label", "prob")]
+    rows = list(rows)
+    labels = ["labels"] if rows and "labels" in rows[0] else []
+    fields = ["path", *labels] + [f"{kind}_{r}" for r in range(1, top_k + 1)
+                                  for kind in ("label", "prob")]
     # Written beside, then renamed: an interrupted write never leaves a
     # truncated file (or a truncated copy of the previous one).
     def cell(row, key):
@@ -222,6 +230,13 @@ def write_skipped_csv(path, skipped):
     """Writes `Skipped` files as CSV (path, reason)."""
     atomic.write_csv(path, ["path", "reason"],
                      ((s.path, s.reason) for s in skipped))
+
+
+def threshold_of(run):
+    """A multi-label run's decision threshold (its `RunRecord`), else None."""
+    if not run.setting("multi_label", False):
+        return None
+    return float((run.resolved or {}).get("multi_label_threshold", 0.5))
 
 
 def run_prediction(config):
@@ -250,7 +265,7 @@ def run_prediction(config):
     rows, skipped = predict_images(
         run.model, paths, run.class_names, top_k=config.top_k,
         batch_size=config.batch_size, resize=config.resize or run.resize,
-        skip_placeholders=skip)
+        skip_placeholders=skip, threshold=threshold_of(run.run))
     for item in skipped:
         log.warning("skipped: %s: %s", item.path, item.reason)
     if not rows:

@@ -97,6 +97,20 @@ def _skipped(skipped):
     return f"<table><tr><th>file</th><th>why</th></tr>{rows}</table>"
 
 
+def _summary(evaluation):
+    """The line under the headline: top-k, or the multi-label scores."""
+    n = evaluation.get("num_examples", 0)
+    if evaluation.get("multi_label"):
+        return (f"<p>{n} validation images, {len(evaluation.get('per_class', {}))}"
+                f" labels; a label is predicted from probability "
+                f"{evaluation.get('threshold', 0.5):.2f} (chosen on validation): "
+                f"micro F1 {evaluation.get('micro_avg', {}).get('f1', 0):.4f}, "
+                f"all labels right on {evaluation.get('exact_match', 0):.1%} of "
+                "the images</p>")
+    return (f"<p>{n} validation images, top-{_e(evaluation.get('top_k'))} "
+            f"accuracy {evaluation.get('top_k_accuracy', 0):.4f}</p>")
+
+
 def _plot(folder, name, alt):
     uri = _data_uri(os.path.join(folder, name), "image/png")
     return f'<img class=plot src="{uri}" alt="{_e(alt)}">' if uri else ""
@@ -145,12 +159,12 @@ def write_report(directory, *, evaluation, metrics=None, run=None,
         '<meta name=viewport content="width=device-width, initial-scale=1">'
         f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>"
         f"<h1>{_e(title)}</h1><div class=big>accuracy {accuracy:.4f}</div>"
-        f"<p>{evaluation.get('num_examples', 0)} validation images, top-"
-        f"{_e(evaluation.get('top_k'))} accuracy "
-        f"{evaluation.get('top_k_accuracy', 0):.4f}</p><ul>{stage_lines}</ul>"
+        f"{_summary(evaluation)}<ul>{stage_lines}</ul>"
         f"<h2>Training curves</h2>{_plot(directory, run_folder.CURVES, 'training curves')}"
-        f"<h2>Confusion matrix</h2>{_plot(directory, 'confusion_matrix.png', 'confusion matrix')}"
-        f"<h2>Per class</h2>{_per_class_table(evaluation)}"
+        + ("" if evaluation.get("multi_label") else
+           f"<h2>Confusion matrix</h2>{_plot(directory, 'confusion_matrix.png', 'confusion matrix')}") +
+        f"<h2>Per {'label' if evaluation.get('multi_label') else 'class'}</h2>"
+        f"{_per_class_table(evaluation)}"
         f"<h2>Most confident errors</h2>{_errors_gallery(evaluation, max_pixels)}"
         f"<h2>Skipped files ({len(skipped)})</h2>{_skipped(skipped)}"
         f"<h2>Settings</h2>{_settings(run, metrics)}"

@@ -27,6 +27,21 @@ class TrainingData:
     split_file: str = None
     tfds_splits: tuple = None
     prepared_tfds: dict = None
+    # Multi-label: the labels (the model's outputs) and float32 [sets,
+    # labels] multi-hot rows of the label sets that `class_names` name.
+    label_names: tuple = None
+    label_matrix: object = dataclasses.field(default=None, repr=False)
+
+    @property
+    def outputs(self):
+        """Names of the model's outputs: the labels, or the classes."""
+        return self.label_names or self.class_names
+
+    def with_label_sets(self, delimiter):
+        """This data with multi-label `label_names` and `label_matrix`."""
+        names, matrix = labels_csv.label_sets(self.class_names, delimiter)
+        return dataclasses.replace(self, label_names=names,
+                                   label_matrix=matrix)
 
 
 def labels_of(config):
@@ -46,6 +61,15 @@ def load_data(run, folder, timings):
     Returns:
       A `TrainingData`.
     """
+    data = _load(run, folder, timings)
+    if run.config.multi_label:
+        data = data.with_label_sets(run.config.label_delimiter)
+        log.info("Multi-label: %d labels in %d label sets", len(data.label_names),
+                 len(data.class_names))
+    return data
+
+
+def _load(run, folder, timings):
     config, size = run.config, run.image_size
     if config.tfds_name:
         return load_tfds_data(config, size, timings)

@@ -28,7 +28,11 @@ def finish_run(classifier, data, run, folder, timings, val_probs=None):
     plots.plot_training_curves(folder.file(run_folder.HISTORY),
                                folder.file(run_folder.CURVES))
     val_entries = data.validation.entries
-    if val_entries is not None:
+    if val_entries is not None and data.label_names:
+        with Phase("evaluate", total=len(val_entries), timings=timings):
+            report["evaluation"] = _evaluate_multilabel(
+                classifier, data, val_entries, run, folder, val_probs)
+    elif val_entries is not None:
         with Phase("evaluate", total=len(val_entries), timings=timings):
             if val_probs is not None:
                 # The frozen backbone's validation features are cached: the
@@ -53,6 +57,27 @@ def finish_run(classifier, data, run, folder, timings, val_probs=None):
     return report
 
 
+def _evaluate_multilabel(classifier, data, val_entries, run, folder, val_probs):
+    """evaluation.json of a multi-label run; its summary for metrics.json."""
+    from tlfast import multilabel
+    from tlfast import predict
+
+    if val_probs is None:
+        val_probs, positions = predict.predict_entries(
+            classifier, val_entries, resize=run.config.resize,
+            batch_size=run.config.batch_size)
+        val_entries = [val_entries[i] for i in positions]
+    result = multilabel.write_report(
+        val_probs, val_entries, data.label_matrix, data.label_names,
+        folder.path, metrics_file=run_folder.EVALUATION)
+    return {"threshold": result["threshold"], "accuracy": result["accuracy"],
+            "exact_match": result["exact_match"],
+            "micro_f1": result["micro_avg"]["f1"],
+            "macro_f1": result["macro_avg"]["f1"],
+            "per_label_f1": {name: s["f1"]
+                             for name, s in result["per_class"].items()}}
+
+
 def _export(classifier, data, run, folder, val_entries):
     from tlfast import export
 
@@ -66,7 +91,10 @@ def _export(classifier, data, run, folder, val_entries):
         validation = export.decode_entries(
             val_entries, size, run.config.resize,
             limit=export.PARITY_IMAGES)
+        if data.label_names:
+            # Label-set indices are not outputs: no accuracy, parity only.
+            validation = validation[0]
     return export.export_model(
         classifier, run.config.export_formats, folder.file("export"),
-        class_names=data.class_names, representative=representative,
+        class_names=data.outputs, representative=representative,
         validation=validation, batch_size=run.config.batch_size)

@@ -114,7 +114,7 @@ def fine_tune(classifier, backbone_model, run, data, timings, callbacks,
         classifier, fine_tune_schedule(config.fine_tune_learning_rate,
                                        len(data.train), config.batch_size,
                                        config.fine_tune_epochs),
-        config.label_smoothing)
+        config.label_smoothing, data.label_matrix)
     if config.patience:
         callbacks = [*callbacks, keras.callbacks.EarlyStopping(
             monitor="val_loss", patience=config.patience,
@@ -227,13 +227,14 @@ def _log_augmentation(run, num_train, extracted, timings):
                  run.augment, num_train, config_lib.AUTO_VIEWS_MAX_TRAIN)
 
 
-def _lr_find(run, folder, train, num_classes, timings):
+def _lr_find(run, folder, train, num_classes, timings, label_matrix=None):
     """--lr_find: the sweep's plot in the run folder and its suggestion logged."""
     from tlfast import plots
 
     with Phase("lr_find", timings=timings):
         rates, losses, suggested = head_lib.lr_find(
-            run.spec.feature_dim, num_classes, train, run.head)
+            run.spec.feature_dim, num_classes, train, run.head,
+            label_matrix=label_matrix)
         plots.plot_lr_find(rates, losses, suggested,
                            folder.file(run_folder_lib.LR_FIND))
     log.info("[lr_find] suggested --learning_rate=%.2g (this run uses %.2g); "
@@ -262,16 +263,18 @@ def _train_head(run, folder, data, extracted, timings, callbacks):
     order = np.argsort(np.asarray(train.ids, dtype=object), kind="stable")
     train_x = np.concatenate([view[order] for view in extracted.train_views])
     train_y = np.tile(train.labels[order], len(extracted.train_views))
-    num_classes = len(data.class_names)
+    num_classes, matrix = len(data.outputs), data.label_matrix
     if run.config.lr_find:
-        _lr_find(run, folder, (train_x, train_y), num_classes, timings)
-    head = head_lib.build_head(run.spec.feature_dim, num_classes, run.head)
+        _lr_find(run, folder, (train_x, train_y), num_classes, timings, matrix)
+    head = head_lib.build_head(run.spec.feature_dim, num_classes, run.head,
+                               "softmax" if matrix is None else "sigmoid")
     with Phase("head", timings=timings):
         history = head_lib.train_head(
             head, (train_x, train_y), (val_x, data.validation.labels), run.head,
             callbacks=[EpochLogger("head", len(train_x), interval=2.0),
                        *callbacks],
-            class_weights=_class_weights(run, train_y, num_classes))
+            class_weights=_class_weights(run, train_y, num_classes),
+            label_matrix=matrix)
     # One pass over the cached validation features serves both the accuracy
     # and the end-of-run evaluation report.
     return head, history.history, head_lib.predict_head(head, val_x)
@@ -299,8 +302,7 @@ def _train(run, folder, strategy, start, key):
     head, head_history, val_probs = _train_head(run, folder, data, extracted,
                                                 timings, [tensorboard])
     stages = [("head", head_history)]
-    val_accuracy = float(np.mean(val_probs.argmax(axis=1)
-                                 == data.validation.labels))
+    val_accuracy = _accuracy(data, val_probs)
     stage_results = {"head": {"val_accuracy": val_accuracy, "best_epoch":
                               kept_epoch(head_history, config.patience)}}
     classifier = model_lib.build_classifier(
@@ -332,7 +334,7 @@ def _train(run, folder, strategy, start, key):
     run_info = _run_info(run, strategy, data, extracted)
     with Phase("save", timings=timings):
         folder.write_model(classifier)
-        folder.write_labels(data.class_names)
+        folder.write_labels(data.outputs)
         folder.write_history(stages)
         # Written now, beside the model it describes (predict reads its
         # resize mode): evaluation and exports can take long, or fail. The
@@ -342,6 +344,9 @@ def _train(run, folder, strategy, start, key):
                                     val_probs)
     metrics = _metrics(data, extracted, val_accuracy, timings, key, report,
                        run.image_size)
+    if data.label_names:
+        run_info["resolved"]["multi_label_threshold"] = report.get(
+            "evaluation", {}).get("threshold", 0.5)
     metrics["stages"] = stage_results
     metrics["augment_views"] = run.views
     with Phase("report", timings=timings):
@@ -357,6 +362,17 @@ def _train(run, folder, strategy, start, key):
     return metrics
 
 
+def _accuracy(data, val_probs):
+    """Validation accuracy of the head's probabilities float32 [N, C].
+
+    Multi-label: per-label accuracy at 0.5, as the training curves show.
+    """
+    labels = data.validation.labels
+    if data.label_matrix is None:
+        return float(np.mean(val_probs.argmax(axis=1) == labels))
+    return float(np.mean((val_probs >= 0.5) == (data.label_matrix[labels] > 0.5)))
+
+
 def _metrics(data, extracted, val_accuracy, timings, key, report, size):
     """metrics.json of a run that trained."""
     return {
@@ -365,6 +381,8 @@ def _metrics(data, extracted, val_accuracy, timings, key, report, size):
         "num_val": len(data.validation),
         "num_classes": len(data.class_names),
         "class_names": list(data.class_names),
+        **({"multi_label": True, "label_names": list(data.label_names)}
+           if data.label_names else {}),
         "skipped": [{"path": s.path, "reason": s.reason} for s in data.skipped],
         "timings_s": timings,
         "feature_cache": extracted.status,

@@ -8,6 +8,9 @@ of photos exported from a labelling tool usually comes with such a file:
     img/0002.jpg,roses             pairs/02.jpg,tulips
 
 Paths are relative to the data folder, `/`-separated, one row per image.
+An optional `split` column (train / validation or val / test, as the split
+folders are named) keeps a split made elsewhere; without it tlfast's stable
+hash split divides the rows.
 The rows are judged like a walked folder's files (`tlfast.data.walk`): a
 path that leaves the folder (`..`, an absolute path, a link out of it), a
 special file, a missing file or an unknown extension is reported as skipped
@@ -88,7 +91,9 @@ def of_settings(labels_csv, multi_label=False, label_delimiter=" "):
 
 
 def _rows(labels):
-    """(line number, path, label) of every data row; checks the header."""
+    """(line number, path, label, split) of every data row; checks the header.
+
+    split is None without a split column."""
     try:
         f = open(labels.path, newline="", encoding="utf-8-sig")
     except OSError as e:
@@ -105,12 +110,15 @@ def _rows(labels):
                     "row naming the columns 'path' and 'label' (paths "
                     "relative to the data folder). Received: header="
                     f"{header}")
-            p, q = header.index("path"), header.index("label")
+            columns = [header.index(c) if c in header else None
+                       for c in ("path", "label", "split")]
+            width = max(c for c in columns if c is not None) + 1
             for row in reader:
                 if not any(cell.strip() for cell in row):
                     continue
-                cells = row + [""] * (max(p, q) + 1 - len(row))
-                yield reader.line_num, cells[p].strip(), cells[q].strip()
+                cells = [c.strip() for c in row] + [""] * (width - len(row))
+                yield (reader.line_num, *(None if c is None else cells[c]
+                                          for c in columns))
         except UnicodeDecodeError as e:
             raise ValueError(
                 f"The labels CSV '{labels.path}' is not UTF-8 text: {e}. Save "
@@ -174,8 +182,9 @@ def list_labelled_folder(root, labels, follow_links=False):
       follow_links: Use links that resolve outside `root`.
 
     Returns:
-      A `sources.ImageFolder` with one split, "all"; its class names are the
-      sorted labels (multi-label: the sorted label sets).
+      A `sources.ImageFolder` with one split, "all" (or those of its split
+      column); its class names are the sorted labels (multi-label: the
+      sorted label sets).
 
     Raises:
       FileNotFoundError: No such folder or CSV.
@@ -190,19 +199,22 @@ def list_labelled_folder(root, labels, follow_links=False):
             f"Received: data_dir={root!r}")
     root_real, name = os.path.realpath(root), os.path.basename(labels.path)
     rows, skipped, seen = [], [], {}
-    for line, relpath, raw in _rows(labels):
+    for line, relpath, raw, split in _rows(labels):
         path, reason = _judge(root, root_real, relpath, follow_links)
-        label = _label_of(raw, labels)
+        label, split = _label_of(raw, labels), _split_of(split)
         if reason is None and not label:
             reason = "no label"
+        if reason is None and split == "":
+            reason = ("its split is none of "
+                      f"{', '.join(_SPLITS)} (or empty)")
         if reason is None and relpath in seen:
             reason = f"listed again (first on line {seen[relpath]}): the first row is used"
         if reason is not None:
             skipped.append(sources.Skipped(path, f"{name} line {line}: {reason}"))
             continue
         seen[relpath] = line
-        rows.append((path, relpath, label))
-    class_names = tuple(sorted({label for _, _, label in rows}))
+        rows.append((path, relpath, label, split))
+    class_names = tuple(sorted({row[2] for row in rows}))
     _check_names(class_names, labels)
     found = label_sets(class_names, labels.delimiter)[0] if labels.multi_label \
         else class_names
@@ -212,9 +224,33 @@ def list_labelled_folder(root, labels, follow_links=False):
             f"of '{labels.path}' have {len(found)}: {list(found)} "
             f"({len(skipped)} row(s) skipped).")
     index = {c: i for i, c in enumerate(class_names)}
-    files = [sources.FileEntry(path, relpath, index[label])
-             for path, relpath, label in rows]
-    return sources.ImageFolder(root, class_names, {"all": files}, tuple(skipped))
+    splits = {}
+    for path, relpath, label, split in rows:
+        splits.setdefault(split or "all", []).append(
+            sources.FileEntry(path, relpath, index[label]))
+    if "all" in splits and len(splits) > 1:
+        raise ValueError(
+            f"The split column of '{labels.path}' is empty on some rows and "
+            f"not on others ({len(splits['all'])} row(s) without one): give "
+            "every row a split, or remove the column to let tlfast split.")
+    if splits and "all" not in splits and "train" not in splits:
+        raise ValueError(
+            f"The split column of '{labels.path}' names no training row: "
+            "mark some rows 'train'.")
+    return sources.ImageFolder(root, class_names, splits, tuple(skipped))
+
+
+_SPLITS = {**{n: "train" for n in sources.TRAIN_NAMES},
+           **{n: "validation" for n in sources.VALIDATION_NAMES},
+           **{n: "test" for n in sources.TEST_NAMES}}
+
+
+def _split_of(value):
+    """A split column's value as a split name; None without the column or a
+    value, "" for one that names no split."""
+    if not value:
+        return None
+    return _SPLITS.get(value.lower(), "")
 
 
 def label_sets(class_names, delimiter):
