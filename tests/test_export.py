@@ -87,6 +87,47 @@ def test_all_formats_match_the_keras_model(mobilenet, exported):
         assert labels.read_text().split() == list(CLASSES)
 
 
+def test_every_tflite_carries_its_labels_as_metadata(exported):
+    from tlfast import tflite_metadata
+
+    out, report = exported
+    labels = (out / "labels.txt").read_text().splitlines()
+    for fmt in ("tflite", "tflite_fp16", "tflite_dynamic", "tflite_int8"):
+        meta = tflite_metadata.read(open(report[fmt]["path"], "rb").read())
+        assert meta["labels"] == labels, fmt
+        assert meta["buffer_identifier"] == "M001"
+        assert meta["output_files"] == [("labels.txt", 2)]  # TENSOR_AXIS_LABELS
+        assert fmt in meta["name"] and report[fmt]["metadata"]
+
+
+def test_the_official_metadata_reader_reads_it(exported):
+    """tflite-support's MetadataDisplayer (it pins protobuf < 4, so it lives
+    in another environment: TLFAST_TFLITE_SUPPORT_PYTHON, set by .ci/run)."""
+    import subprocess
+
+    python = os.environ.get("TLFAST_TFLITE_SUPPORT_PYTHON")
+    if not python or not os.path.exists(python):
+        pytest.skip("TLFAST_TFLITE_SUPPORT_PYTHON (a Python with "
+                    "tflite-support installed) is not set")
+    out, report = exported
+    script = (
+        "import json, sys\n"
+        "from tflite_support import metadata\n"
+        "d = metadata.MetadataDisplayer.with_model_file(sys.argv[1])\n"
+        "m = json.loads(d.get_metadata_json())\n"
+        "print(json.dumps({'labels': d.get_associated_file_buffer("
+        "'labels.txt').decode().splitlines(), 'input': m["
+        "'subgraph_metadata'][0]['input_tensor_metadata'][0]}))\n")
+    found = json.loads(subprocess.run(
+        [python, "-c", script, report["tflite"]["path"]], check=True,
+        capture_output=True, text=True).stdout.splitlines()[-1])
+    assert found["labels"] == (out / "labels.txt").read_text().splitlines()
+    assert found["input"]["content"]["content_properties"]["default_size"] == {
+        "width": 32, "height": 32}
+    assert found["input"]["process_units"][0]["options"] == {
+        "mean": [0.0], "std": [1.0]}
+
+
 def test_saved_model_serves_uint8_batches(mobilenet, exported):
     run, _, _, (images, _) = mobilenet
     serve = tf.saved_model.load(str(exported[0] / "saved_model")).signatures[

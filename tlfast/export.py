@@ -24,7 +24,9 @@ Formats, written into `output_dir` with `labels.txt` beside them:
                  TensorFlow backend.
 
 SavedModel and TFLite are made from `serving_model(model)`: augmentation and
-dropout, no-ops at inference, are left out.
+dropout, no-ops at inference, are left out. Every .tflite carries TFLite
+metadata (`tlfast.tflite_metadata`): its labels, input format and a
+description, as the TFLite Task Library and MediaPipe read them.
 
 After each export a parity check runs the exported model on the validation
 images and compares it with the Keras model: top-1 agreement and the largest
@@ -49,6 +51,7 @@ from tlfast import config
 from tlfast import predict as predict_lib
 from tlfast import progress
 from tlfast import run_folder
+from tlfast import tflite_metadata
 from tlfast.data import augment as augment_lib
 from tlfast.data import scan as scan_lib
 
@@ -377,7 +380,7 @@ def _size(path):
 
 
 def _export_one(fmt, model, path, saved_model_dir, representative, images,
-                batch_size):
+                batch_size, class_names):
     """Writes one format; returns (info dict, probabilities or None)."""
     info, probs = {"path": path}, None
     if fmt == "keras":
@@ -394,8 +397,14 @@ def _export_one(fmt, model, path, saved_model_dir, representative, images,
         flatbuffer, select_ops = _convert(
             saved_model_dir, representative if fmt == "tflite_int8" else None,
             fmt)
-        atomic.write_bytes(path, flatbuffer)
+        size = model.input_shape[1]
+        atomic.write_bytes(path, tflite_metadata.populate(
+            flatbuffer, class_names, name=f"tlfast {model.name} ({fmt})",
+            description=f"Image classifier of {len(class_names)} labels "
+            f"({fmt}, made by tlfast): uint8 RGB {size} x {size} in, float32 "
+            "probabilities out.", image_size=size))
         info["select_tf_ops"] = select_ops
+        info["metadata"] = True
         if fmt == "tflite_int8":
             info["representative_images"] = len(representative)
         if images is not None:
@@ -488,7 +497,8 @@ def export_model(model, formats, output_dir, *, class_names, representative=None
             if not error:
                 try:
                     info, probs = _export_one(fmt, model, path, saved_model_dir,
-                                              rep_images, images, batch_size)
+                                              rep_images, images, batch_size,
+                                              class_names)
                 except Exception as e:  # One failed format must not lose the rest.
                     error = f"{type(e).__name__}: {e}"
             if error:
