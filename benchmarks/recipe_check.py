@@ -44,6 +44,7 @@ flags.DEFINE_list("runs", ["defaults", "epochs3", "fine_tune", "imbalanced"],
 flags.DEFINE_integer("fine_tune_epochs", 5, "Fine-tuning epochs.")
 flags.DEFINE_integer("fine_tune_blocks", 4, "Fine-tuning blocks.")
 flags.DEFINE_float("fine_tune_learning_rate", 3e-4, "Fine-tuning rate.")
+flags.DEFINE_float("fine_tune_lr_decay", 1.0, "Rate factor a block down.")
 flags.DEFINE_string("cut_class", "roses", "The class cut to 10% (imbalanced).")
 
 
@@ -146,7 +147,8 @@ def _plan():
     hym, flowers = (os.path.join(datasets, n) for n in ("hymenoptera", "flowers224"))
     tune = dict(fine_tune_epochs=FLAGS.fine_tune_epochs,
                 fine_tune_blocks=FLAGS.fine_tune_blocks,
-                fine_tune_learning_rate=FLAGS.fine_tune_learning_rate)
+                fine_tune_learning_rate=FLAGS.fine_tune_learning_rate,
+                fine_tune_lr_decay=FLAGS.fine_tune_lr_decay)
     plan = {
         "defaults": [("hymenoptera_defaults", hym, {}),
                      ("flowers224_defaults", flowers, {})],

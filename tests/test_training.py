@@ -173,11 +173,22 @@ def test_fine_tuning_changes_only_the_top_block_and_keeps_bn_stats(tiny_config):
     assert 0.0 <= metrics["val_accuracy"] <= 1.0
 
 
+def test_discriminative_rates_save_and_load(tiny_config):
+    config = dataclasses.replace(tiny_config, fine_tune_epochs=1,
+                                 fine_tune_blocks=2, fine_tune_lr_decay=0.5,
+                                 augment="none")
+    _run(config)
+    model = keras.models.load_model(os.path.join(config.output_dir, "model.keras"))
+    assert type(model.optimizer).__name__ == "LayerwiseAdam"
+    assert set(model.optimizer.multipliers.values()) == {1.0, 0.5}
+
+
 @pytest.mark.parametrize("change,match", [
     ({"backbone": "mobilenetv2"}, "Did you mean 'mobilenet_v2'"),
     ({"image_size": 8}, "image_size must be at least"),
     ({"batch_size": 0}, "batch_size must be an integer >= 1"),
     ({"learning_rate": 0.0}, "learning_rate must be > 0"),
+    ({"fine_tune_lr_decay": 0.0}, "fine_tune_lr_decay must be in"),
     ({"augment": "flip,twirl"}, "Unknown augmentation op 'twirl'"),
     ({"tfds_name": "tf_flowers"}, "either data_dir or tfds_name"),
     ({"weights": "/nope.h5"}, "Weights file not found"),

@@ -557,6 +557,28 @@ def _set_trainable_from(backbone_model, inner, start):
     return made_trainable
 
 
+def block_depths(backbone_model, spec):
+    """How far below the top block each layer of a backbone sits.
+
+    Args:
+        backbone_model: A model returned by `create_backbone`.
+        spec: Its `BackboneSpec`.
+
+    Returns:
+        {layer name: depth}, for every layer of the inner model: 0 for the
+        top block's layers, 1 for the block below, ..., len(spec.blocks) - 1
+        for the lowest block (and the stem before it).
+    """
+    inner = get_inner_model(backbone_model)
+    starts = _block_starts(inner, spec.blocks)
+    depths, block = {}, 0
+    for i, op in enumerate(_operations(inner)):
+        while block + 1 < len(starts) and i >= starts[block + 1]:
+            block += 1
+        depths[op.name] = len(starts) - 1 - block
+    return depths
+
+
 def unfreeze_top_blocks(backbone_model, spec, num_blocks):
     """Makes the top `num_blocks` blocks of a backbone trainable.
 

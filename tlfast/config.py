@@ -234,6 +234,10 @@ class TrainConfig:
                                     "fine-tuning.")
     fine_tune_learning_rate: float = setting(1e-4, "Fine-tuning learning "
                                              "rate.")
+    fine_tune_lr_decay: float = setting(
+        1.0, "Discriminative fine-tuning rates: each backbone block below "
+        "the top one learns at this fraction of the rate of the block above "
+        "(fastai's discriminative rates; 1: one rate for all).")
     lr_find: bool = setting(
         False, "Before training the head, sweep its learning rate on the "
         "cached features (fastai's lr_find): writes lr_find.png and logs a "
@@ -316,6 +320,7 @@ class TrainConfig:
             ("fine_tune_learning_rate", _positive, "> 0"),
             ("fine_tune_epochs", _at_least(0), "an integer >= 0"),
             ("fine_tune_blocks", _at_least(0), "an integer >= 0"),
+            ("fine_tune_lr_decay", lambda v: 0 < v <= 1, "in (0, 1]"),
             ("augment_views", lambda v: v is None or _at_least(0)(v),
              "None (auto) or an integer >= 0"),
             ("ram_budget_mb", _at_least(0), "an integer >= 0"),

@@ -77,18 +77,27 @@ class SmoothedSparseCrossentropy(keras.losses.Loss):
 
 
 def compile_classifier(model, learning_rate, label_smoothing=0.0,
-                       label_matrix=None):
+                       label_matrix=None, rate_multipliers=None):
     """Compiles a classifier with Adam and (sparse) categorical cross-entropy.
 
     With `label_matrix` (multi-label: float [label sets, labels], see
     `tlfast.multilabel`): binary cross-entropy and per-label accuracy, on
-    the same integer (label-set) targets.
+    the same integer (label-set) targets. With `rate_multipliers`
+    ({variable path: factor}): per-variable rates
+    (`tlfast.layer_rates.LayerwiseAdam`).
     """
+    if rate_multipliers:
+        from tlfast import layer_rates
+
+        optimizer = layer_rates.LayerwiseAdam(rate_multipliers,
+                                              learning_rate=learning_rate)
+    else:
+        optimizer = keras.optimizers.Adam(learning_rate)
     if label_matrix is not None:
         from tlfast import multilabel
 
         model.compile(
-            optimizer=keras.optimizers.Adam(learning_rate),
+            optimizer=optimizer,
             loss=multilabel.SetCrossentropy(label_matrix, label_smoothing),
             metrics=[multilabel.SetAccuracy(label_matrix)])
         return model
@@ -96,7 +105,7 @@ def compile_classifier(model, learning_rate, label_smoothing=0.0,
         loss = SmoothedSparseCrossentropy(model.output_shape[-1], label_smoothing)
     else:
         loss = keras.losses.SparseCategoricalCrossentropy()
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss,
+    model.compile(optimizer=optimizer, loss=loss,
                   metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
     return model
 

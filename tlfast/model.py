@@ -5,13 +5,14 @@ classifier, so features cached from one are exactly what the other computes.
 
 Importing this module registers every tlfast object a saved model.keras may
 hold (`BackbonePreprocessing`, `Augmentation`, the smoothed loss, the
-multi-label loss and metric), so that `keras.models.load_model` finds them.
+multi-label loss and metric, the layer-wise Adam), so that `keras.models.load_model` finds them.
 """
 
 import keras
 
 from tlfast import backbones
 from tlfast import head  # noqa: F401  (registers SmoothedSparseCrossentropy)
+from tlfast import layer_rates  # noqa: F401  (registers LayerwiseAdam)
 from tlfast import multilabel  # noqa: F401  (registers SetCrossentropy, SetAccuracy)
 from tlfast.data import augment  # noqa: F401  (registers Augmentation)
 

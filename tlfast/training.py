@@ -24,6 +24,7 @@ from tlfast import config as config_lib
 from tlfast import distribute
 from tlfast import extraction
 from tlfast import head as head_lib
+from tlfast import layer_rates
 from tlfast import model as model_lib
 from tlfast import progress
 from tlfast import report as report_lib
@@ -99,8 +100,9 @@ def fine_tune(classifier, backbone_model, run, data, timings, callbacks,
               class_weights=None):
     """Trains the top blocks end to end on the uint8 pixel pipeline.
 
-    Warm-up + cosine learning rate; with `patience`, early stopping on
-    validation loss and the best epoch's weights restored.
+    Warm-up + cosine learning rate, optionally lower a block down
+    (`fine_tune_lr_decay`); with `patience`, early stopping on validation
+    loss and the best epoch's weights restored.
 
     Returns:
       The Keras history dict of the fine-tuning epochs.
@@ -108,13 +110,17 @@ def fine_tune(classifier, backbone_model, run, data, timings, callbacks,
     config = run.config
     trainable = backbones.unfreeze_top_blocks(backbone_model, run.spec,
                                               config.fine_tune_blocks)
-    log.info("[fine_tune] %d layer(s) unfrozen in the top %d block(s)",
-             len(trainable), config.fine_tune_blocks)
+    log.info("[fine_tune] %d layer(s) unfrozen in the top %d block(s)%s",
+             len(trainable), config.fine_tune_blocks,
+             f", rate x{config.fine_tune_lr_decay:g} a block down"
+             if config.fine_tune_lr_decay < 1 else "")
     head_lib.compile_classifier(
         classifier, fine_tune_schedule(config.fine_tune_learning_rate,
                                        len(data.train), config.batch_size,
                                        config.fine_tune_epochs),
-        config.label_smoothing, data.label_matrix)
+        config.label_smoothing, data.label_matrix,
+        layer_rates.block_multipliers(backbone_model, run.spec,
+                                      config.fine_tune_lr_decay))
     if config.patience:
         callbacks = [*callbacks, keras.callbacks.EarlyStopping(
             monitor="val_loss", patience=config.patience,
