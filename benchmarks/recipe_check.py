@@ -8,8 +8,8 @@ named; features cached under --work_dir, so later runs reuse them):
 
   defaults      hymenoptera and flowers224 with default flags
   epochs3       hymenoptera with --epochs=3
-  fine_tune     both folders with --fine_tune_epochs (and the blocks and rate
-                of --fine_tune_flags)
+  fine_tune     both folders with --fine_tune_epochs (and tlfast's default
+                blocks, rate and decay unless the flags name others)
   imbalanced    flowers224 with one class cut to 10% of its training images
                 (links), without and with --class_weight=balanced: that
                 class's recall and the overall accuracy
@@ -41,10 +41,11 @@ flags.DEFINE_string("out", os.path.join(ROOT, "benchmarks", "results",
 flags.DEFINE_string("work_dir", "/tmp/tlfast-recipe", "Caches and outputs.")
 flags.DEFINE_list("runs", ["defaults", "epochs3", "fine_tune", "imbalanced"],
                   "Which runs.")
-flags.DEFINE_integer("fine_tune_epochs", 5, "Fine-tuning epochs.")
-flags.DEFINE_integer("fine_tune_blocks", 4, "Fine-tuning blocks.")
-flags.DEFINE_float("fine_tune_learning_rate", 3e-4, "Fine-tuning rate.")
-flags.DEFINE_float("fine_tune_lr_decay", 1.0, "Rate factor a block down.")
+flags.DEFINE_integer("fine_tune_epochs", 10, "Fine-tuning epochs.")
+# None: tlfast's default.
+flags.DEFINE_integer("fine_tune_blocks", None, "Fine-tuning blocks.")
+flags.DEFINE_float("fine_tune_learning_rate", None, "Fine-tuning rate.")
+flags.DEFINE_float("fine_tune_lr_decay", None, "Rate factor a block down.")
 flags.DEFINE_string("cut_class", "roses", "The class cut to 10% (imbalanced).")
 
 
@@ -145,10 +146,9 @@ def _train(name, data_dir, **overrides):
 def _plan():
     datasets = os.path.join(FLAGS.assets, "datasets")
     hym, flowers = (os.path.join(datasets, n) for n in ("hymenoptera", "flowers224"))
-    tune = dict(fine_tune_epochs=FLAGS.fine_tune_epochs,
-                fine_tune_blocks=FLAGS.fine_tune_blocks,
-                fine_tune_learning_rate=FLAGS.fine_tune_learning_rate,
-                fine_tune_lr_decay=FLAGS.fine_tune_lr_decay)
+    tune = {name: getattr(FLAGS, name) for name in (
+        "fine_tune_epochs", "fine_tune_blocks", "fine_tune_learning_rate",
+        "fine_tune_lr_decay") if getattr(FLAGS, name) is not None}
     plan = {
         "defaults": [("hymenoptera_defaults", hym, {}),
                      ("flowers224_defaults", flowers, {})],

@@ -112,7 +112,7 @@ def resolve(config):
         raise ValueError(
             f"image_size must be at least {spec.min_size} for backbone "
             f"'{spec.name}'. Received: image_size={size}")
-    if config.fine_tune_epochs and not (
+    if config.fine_tune_epochs and config.fine_tune_blocks is not None and not (
             1 <= config.fine_tune_blocks <= len(spec.blocks)):
         raise ValueError(
             f"fine_tune_blocks must be in [1, {len(spec.blocks)}] for "

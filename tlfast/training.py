@@ -108,10 +108,12 @@ def fine_tune(classifier, backbone_model, run, data, timings, callbacks,
       The Keras history dict of the fine-tuning epochs.
     """
     config = run.config
-    trainable = backbones.unfreeze_top_blocks(backbone_model, run.spec,
-                                              config.fine_tune_blocks)
+    blocks = config.fine_tune_blocks
+    if blocks is None:
+        blocks = len(run.spec.blocks)
+    trainable = backbones.unfreeze_top_blocks(backbone_model, run.spec, blocks)
     log.info("[fine_tune] %d layer(s) unfrozen in the top %d block(s)%s",
-             len(trainable), config.fine_tune_blocks,
+             len(trainable), blocks,
              f", rate x{config.fine_tune_lr_decay:g} a block down"
              if config.fine_tune_lr_decay < 1 else "")
     head_lib.compile_classifier(
