@@ -32,6 +32,7 @@ import tensorflow_datasets as tfds
 from tlfast import atomic
 from tlfast import locks
 from tlfast.config import DEFAULT_RESIZE
+from tlfast.data import chunk_decode
 from tlfast.data import pipeline
 from tlfast.data import scan as scan_lib
 from tlfast.data import sources
@@ -58,6 +59,9 @@ _RECORD_SPEC = {
     "relpath": tf.io.FixedLenFeature([], tf.string),
 }
 _PARSE_BATCH = 256
+# Chunks up to this many decoded bytes are decoded at once (`batched`):
+# 512 images of 224 px take 77 MB.
+_EAGER_CHUNK_BYTES = 256 * 2**20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -364,6 +368,7 @@ class PreparedExamples:
         ids, self.labels = prepared.index[split]
         self._ids = list(ids)
         self._cursor = None  # See `_take`.
+        self._chunk_decoder = None  # See `batched`.
 
     def __len__(self):
         return len(self._ids)
@@ -448,25 +453,28 @@ class PreparedExamples:
                 f"The prepared data of '{self.prepared.root}' and its index "
                 f"disagree at record {stale[0]}: delete "
                 f"'{self.prepared.data_dir}' and run again.")
+        labels = tf.constant(labels, tf.int32)
+        index = tf.constant(indices, tf.int32)
+        if len(indices) * self.image_size ** 2 * 3 <= _EAGER_CHUNK_BYTES:
+            # A feature shard's chunk: decoded now, without a pipeline of
+            # its own (see `tlfast.data.chunk_decode`).
+            if self._chunk_decoder is None:
+                self._chunk_decoder = chunk_decode.ChunkDecoder(
+                    self.image_size, self.resize)
+            ds = tf.data.Dataset.from_tensor_slices({
+                "image": self._chunk_decoder(encoded), "label": labels,
+                "index": index})
+            return ds.batch(batch_size)
+        # Many images (all of a split, when decoding overlaps a GPU model):
+        # streamed, not held decoded.
+        size, resize = self.image_size, self.resize
         ds = tf.data.Dataset.from_tensor_slices({
-            "image": tf.constant(encoded, tf.string),
-            "label": tf.constant(labels, tf.int32),
-            "index": tf.constant(indices, tf.int32)})
-        decode = self._decoder()
-        ds = ds.map(lambda e: {**e, "image": decode(e["image"])},
+            "image": tf.constant(encoded, tf.string), "label": labels,
+            "index": index})
+        ds = ds.map(lambda e: {**e, "image": pipeline.decode_image(
+                        e["image"], size, resize)},
                     num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
-
-    def _decoder(self):
-        """`pipeline.decode_image` traced once for all of this split's chunks:
-        a dataset per chunk traced it anew each time (600 -> 960 us an
-        image over 512-image chunks here)."""
-        if getattr(self, "_decode", None) is None:
-            size, resize = self.image_size, self.resize
-            self._decode = tf.function(
-                lambda data: pipeline.decode_image(data, size, resize),
-                input_signature=[tf.TensorSpec([], tf.string)])
-        return self._decode
 
     def _take(self, indices):
         """(encoded images, labels, ids) of the records at sorted `indices`.
