@@ -212,3 +212,34 @@ def test_hymenoptera_reports_exactly_the_junk_gif():
         str(root / "train" / "ants" / "imageNotFound.gif")]
     assert "placeholder" in result.skipped[0].reason
     assert len(result.usable) == len(entries) - 1 == 397
+
+
+def test_chunked_scan_judges_as_check_image_does(tmp_path):
+    """scan_files decodes chunks in one traced call; its verdicts must be
+    check_image's, file by file, whatever else is in the chunk."""
+    rng = np.random.default_rng(0)
+    flat = np.full((40, 40, 3), 250, np.uint8)
+    flat[5:9, 5:30] = 0  # A placeholder-like graphic: 2 colours.
+    files = [write_image(tmp_path / f"photo{i}.jpg", noise_image((30 + i, 20), seed=i))
+             for i in range(70)]
+    files.append(write_image(tmp_path / "flat.png", flat, "PNG"))
+    files.append(write_image(tmp_path / "tiny.png", noise_image((4, 30)), "PNG"))
+    files.append(write_image(tmp_path / "big.png", noise_image((50, 60)), "PNG"))
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(encode(noise_image((40, 40)))[:300])
+    files.insert(10, broken)
+    files.insert(3, write_image(tmp_path / "cmyk_like.gif",
+                                rng.integers(0, 255, (30, 30, 3)).astype(np.uint8),
+                                "GIF"))
+    entries = [sources.FileEntry(str(p), p.name, 0) for p in files]
+    for skip in (True, False):
+        result = scan.scan_files(entries, skip_placeholders=skip,
+                                 max_pixels=2999)
+        got = {s.path: s.reason for s in result.skipped}
+        got.update((e.path, None) for e in result.usable)
+        want = {str(p): scan.check_image(str(p), 2999, skip)[0] for p in files}
+        assert got == want
+        assert [e.path for e in result.usable] == [
+            str(p) for p in files if want[str(p)] is None]
+    assert "corrupt" in want[str(broken)] and "too large" in want[
+        str(tmp_path / "big.png")]
