@@ -25,6 +25,18 @@ from tlfast.progress import Phase
 log = logging.getLogger("tlfast")
 
 
+def extraction_batch_size(batch_size, image_size, limit):
+    """Images a backbone call takes in extraction: about as many pixels as
+    `batch_size` images of 224 px, and at least `batch_size`, at most
+    `limit` (a feature shard).
+
+    Each `predict_on_batch` costs ~5 ms besides the model: 20k 48-px JPEGs
+    at 32 px took 626 calls of 32 images, 4.3 s of an 8 s extraction.
+    """
+    scaled = int(batch_size * (224 / image_size) ** 2)
+    return max(batch_size, min(limit, scaled))
+
+
 def _extract(examples, feature_model, key, config, phase, workers, strategy):
     """Cached features of `examples` (see `tlfast.data.examples`), one view.
 
@@ -43,8 +55,11 @@ def _extract(examples, feature_model, key, config, phase, workers, strategy):
     def progress(done, total, rate):
         phase.update(offset + done)
 
+    batch_size = extraction_batch_size(config.batch_size, examples.image_size,
+                                       config.feature_shard_size)
+
     def make_dataset(indices):
-        return examples.batched(indices, config.batch_size)
+        return examples.batched(indices, batch_size)
 
     def extract(part=None):
         return features_lib.extract_features(
