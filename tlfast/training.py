@@ -142,6 +142,9 @@ def fine_tune(classifier, backbone_model, run, data, timings, callbacks,
             train_ds, validation_data=val_ds, epochs=config.fine_tune_epochs,
             verbose=0, callbacks=[EpochLogger("fine_tune", len(data.train)),
                                   *callbacks],
+            # The pipeline shuffles (`pipeline.finish`); Keras' own shuffle
+            # does not apply to a tf.data input, and says so on the console.
+            shuffle=False,
             class_weight=None if class_weights is None else dict(
                 enumerate(class_weights.tolist())))
     return history.history
