@@ -169,14 +169,14 @@ _DRIVER = textwrap.dedent("""
     if point == "scan":
         # Checkpoint after every file; die right after the 12th checkpoint.
         scan.CHECKPOINT_SECONDS = 0.0
-        real = scan.atomic.write_json
+        real = scan.scan_cache.ScanCache.append
         calls = []
-        def write(*a, **k):
-            real(*a, **k)
+        def write(self, *a, **k):
+            real(self, *a, **k)
             calls.append(1)
             if len(calls) == 12:
                 die()
-        scan.atomic.write_json = write
+        scan.scan_cache.ScanCache.append = write
     elif point == "extract":
         real_write = features.FeatureCache.write_shard
         def write(self, *a, **k):

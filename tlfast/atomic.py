@@ -164,6 +164,19 @@ def write_text(path, text):
         f.write(text)
 
 
+def append_text(path, text):
+    """Appends `text` to `path` and syncs it (an append-only log, e.g. the
+    scan cache: a reader must skip a last line cut short by a crash)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        data = text.encode("utf-8")
+        while data:
+            data = data[os.write(fd, data):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_json(path, obj):
     write_text(path, json_text(obj))
 

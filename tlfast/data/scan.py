@@ -3,15 +3,13 @@
 A file is usable when TensorFlow's own decoder (the one the pipeline uses)
 decodes it. The format comes from the header, never the extension, so a PNG
 named `.jpg` is used and a text file named `.jpg` is skipped with a reason.
-Verdicts are remembered per (path, size, mtime) in a small JSON file under the
+Verdicts are remembered per (path, size, mtime) in an append-only file under the
 cache directory, so re-scanning an unchanged folder only costs `stat` calls.
 """
 
 import collections
 import concurrent.futures
 import dataclasses
-import hashlib
-import json
 import math
 import os
 import re
@@ -20,10 +18,10 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from tlfast import atomic
 from tlfast.config import DEFAULT_MAX_PIXELS
 from tlfast.data import headers
 from tlfast.data import pipeline
+from tlfast.data import scan_cache
 from tlfast.data.sources import Skipped
 
 # 2: alpha WebP decoded (was "corrupt"); palette BMP and animated WebP
@@ -31,8 +29,11 @@ from tlfast.data.sources import Skipped
 SCAN_CACHE_VERSION = 2
 # Below this a "photo" carries no usable content (tracking pixels, icons).
 MIN_SIDE = 8
-# How often a long scan saves its verdicts, so that a killed scan resumes.
+# How often a long scan saves its verdicts, so that a killed scan resumes:
+# every 5 s or 4096 files, whichever comes first (each checkpoint appends
+# only what it adds, see `tlfast.data.scan_cache`).
 CHECKPOINT_SECONDS = 5.0
+CHECKPOINT_FILES = 4096
 PLACEHOLDER_MAX_COLOURS = 64
 
 
@@ -237,22 +238,6 @@ def _stat_key(path):
     return [st.st_size, st.st_mtime_ns]
 
 
-def _cache_file(cache_dir, root):
-    digest = hashlib.sha256(os.path.abspath(root).encode()).hexdigest()[:16]
-    return os.path.join(cache_dir, "scan", f"{digest}.json")
-
-
-def _load_cache(path):
-    try:
-        with open(path) as f:
-            data = json.load(f)
-    except (OSError, ValueError):
-        return {}
-    if data.get("version") != SCAN_CACHE_VERSION:
-        return {}
-    return data.get("files", {})
-
-
 def scan_files(entries, *, root=None, cache_dir=None, max_pixels=DEFAULT_MAX_PIXELS,
                skip_placeholders=True, strict=False, progress=None):
     """Checks every file by decoding it, in parallel.
@@ -272,8 +257,9 @@ def scan_files(entries, *, root=None, cache_dir=None, max_pixels=DEFAULT_MAX_PIX
     """
     entries = list(entries)
     options = [max_pixels, bool(skip_placeholders)]
-    cache_path = _cache_file(cache_dir, root or "") if cache_dir else None
-    known = _load_cache(cache_path) if cache_path else {}
+    cache = scan_cache.ScanCache(scan_cache.cache_file(
+        cache_dir, root or ""), SCAN_CACHE_VERSION) if cache_dir else None
+    known = cache.load() if cache else {}
     verdicts, todo, stats = {}, [], {}
     for entry in entries:
         try:
@@ -289,32 +275,31 @@ def scan_files(entries, *, root=None, cache_dir=None, max_pixels=DEFAULT_MAX_PIX
             todo.append(entry.path)
     cached = len(entries) - len(todo)
 
+    unsaved = []  # Checked since the last checkpoint.
+
     def save():
-        files = {p: {"stat": stats[p], "reason": verdicts[p], "options": options}
-                 for p in stats if p in verdicts}
-        # Keep verdicts of files outside this listing (e.g. other splits).
-        merged = {k: v for k, v in known.items() if k not in files}
-        merged.update(files)
-        try:
-            atomic.write_json(cache_path,
-                              {"version": SCAN_CACHE_VERSION, "files": merged})
-        except OSError as e:
-            raise OSError(
-                f"Cannot write the scan cache '{cache_path}': {e}. Pass a "
-                "writable cache_dir (or --cache_dir).") from e
+        new = {p: {"stat": stats[p], "reason": verdicts[p], "options": options}
+               for p in unsaved}
+        cache.append(new)
+        known.update(new)
+        unsaved.clear()
 
     last_save = time.monotonic()
     for done, (path, reason) in enumerate(
             _verdicts(todo, max_pixels, skip_placeholders), 1):
         verdicts[path] = reason
+        unsaved.append(path)
         if progress and (done % 256 == 0 or done == len(todo)):
             progress(done, len(todo))
         # Checkpoint now and then: a killed scan keeps what it checked.
-        if cache_path and time.monotonic() - last_save > CHECKPOINT_SECONDS:
+        if cache and (len(unsaved) >= CHECKPOINT_FILES or
+                      time.monotonic() - last_save > CHECKPOINT_SECONDS):
             save()
             last_save = time.monotonic()
-    if cache_path and todo:
+    if cache and unsaved:
         save()
+    if cache:
+        cache.compact(known)
     usable, skipped = [], []
     for entry in entries:
         reason = verdicts[entry.path]
