@@ -17,6 +17,12 @@ def _write_csv(path, rows, header="path,label"):
     return path
 
 
+def _listed(root, csv_path):
+    """The folder as a labels CSV lists it (single-label)."""
+    return sources.list_image_folder(
+        root, labels=labels_csv.LabelsCsv(str(csv_path)))
+
+
 def _csv_of_folder(root, path):
     """A CSV naming every image of a class folder with its folder's label."""
     folder = sources.list_image_folder(root)
@@ -28,8 +34,7 @@ def _csv_of_folder(root, path):
 def test_a_csv_of_a_folder_lists_what_the_folder_lists(flat_folder, tmp_path):
     csv_path = _csv_of_folder(flat_folder, tmp_path / "labels.csv")
     by_folder = sources.list_image_folder(flat_folder)
-    by_csv = sources.list_image_folder(
-        flat_folder, labels=labels_csv.LabelsCsv(str(csv_path)))
+    by_csv = _listed(flat_folder, csv_path)
     assert by_csv.class_names == by_folder.class_names
     assert sorted(by_csv.splits["all"], key=lambda e: e.relpath) == \
         sorted(by_folder.splits["all"], key=lambda e: e.relpath)
@@ -52,8 +57,7 @@ def test_labels_need_not_match_folders(tmp_path):
         write_image(root / "all" / f"{i}.jpg")
     csv_path = _write_csv(tmp_path / "l.csv", [
         (f"all/{i}.jpg", "odd" if i % 2 else "even") for i in range(6)])
-    folder = sources.list_image_folder(
-        root, labels=labels_csv.LabelsCsv(str(csv_path)))
+    folder = _listed(root, csv_path)
     assert folder.class_names == ("even", "odd")
     labels = {e.relpath: folder.class_names[e.label]
               for e in folder.splits["all"]}
@@ -79,8 +83,7 @@ def test_hostile_rows_are_skipped_with_line_and_reason(tmp_path):
         ("b/img_001.jpg", ""),           # 11: no label
         ("a/img_000.jpg", "b"),          # 12: twice
     ])
-    folder = sources.list_image_folder(
-        root, labels=labels_csv.LabelsCsv(str(csv_path)))
+    folder = _listed(root, csv_path)
     assert [e.relpath for e in folder.splits["all"]] == [
         "a/img_000.jpg", "b/img_000.jpg"]
     reasons = [s.reason for s in folder.skipped]
@@ -98,16 +101,14 @@ def test_header_is_required(flat_folder, tmp_path):
     csv_path = tmp_path / "l.csv"
     csv_path.write_text("cats/img_000.jpg,cats\n")
     with pytest.raises(ValueError, match="header row naming the columns"):
-        sources.list_image_folder(
-            flat_folder, labels=labels_csv.LabelsCsv(str(csv_path)))
+        _listed(flat_folder, csv_path)
 
 
 def test_columns_in_any_order_and_extra_columns(flat_folder, tmp_path):
     csv_path = tmp_path / "l.csv"
     csv_path.write_text("\ufeffLabel,notes,Path\ncats,x,cats/img_000.jpg\n"
                         "dogs,y,dogs/img_000.jpg\n")
-    folder = sources.list_image_folder(
-        flat_folder, labels=labels_csv.LabelsCsv(str(csv_path)))
+    folder = _listed(flat_folder, csv_path)
     assert [e.relpath for e in folder.splits["all"]] == [
         "cats/img_000.jpg", "dogs/img_000.jpg"]
 
@@ -115,8 +116,7 @@ def test_columns_in_any_order_and_extra_columns(flat_folder, tmp_path):
 def test_one_label_is_not_enough(flat_folder, tmp_path):
     csv_path = _write_csv(tmp_path / "l.csv", [("cats/img_000.jpg", "cats")])
     with pytest.raises(ValueError, match="at least 2 labels"):
-        sources.list_image_folder(
-            flat_folder, labels=labels_csv.LabelsCsv(str(csv_path)))
+        _listed(flat_folder, csv_path)
 
 
 def test_control_characters_in_labels_are_refused(flat_folder, tmp_path):
@@ -124,8 +124,7 @@ def test_control_characters_in_labels_are_refused(flat_folder, tmp_path):
     csv_path.write_text('path,label\ncats/img_000.jpg,"ca\x1bts"\n'
                         "dogs/img_000.jpg,dogs\n")
     with pytest.raises(ValueError, match="control characters"):
-        sources.list_image_folder(
-            flat_folder, labels=labels_csv.LabelsCsv(str(csv_path)))
+        _listed(flat_folder, csv_path)
 
 
 def test_missing_csv_says_which(flat_folder, tmp_path):
@@ -197,7 +196,6 @@ def test_an_unknown_split_value_is_a_skip(flat_folder, tmp_path):
     csv_path = _write_csv(tmp_path / "l.csv", [
         ("cats/img_000.jpg", "cats", "train"), ("dogs/img_000.jpg", "dogs", "train"),
         ("dogs/img_001.jpg", "dogs", "holdout")], "path,label,split")
-    folder = sources.list_image_folder(
-        flat_folder, labels=labels_csv.LabelsCsv(str(csv_path)))
+    folder = _listed(flat_folder, csv_path)
     assert len(folder.splits["train"]) == 2
     assert "split is none of" in folder.skipped[0].reason

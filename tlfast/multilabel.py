@@ -13,8 +13,12 @@ Model Maker and fastai users pick it; `metrics.json` reports it with the
 per-label precision, recall and F1 at it.
 """
 
+import os
+
 import keras
 import numpy as np
+
+from tlfast import atomic
 
 # Candidate thresholds; 0.5 wins ties (the sigmoid's natural boundary).
 _GRID = np.round(np.arange(0.05, 0.96, 0.05), 2)
@@ -89,14 +93,19 @@ def _f1(tp, predicted, actual):
     return precision, recall, f1
 
 
+def _micro(tp, predicted, actual):
+    """(precision, recall, F1) over all labels pooled."""
+    return tuple(float(v[0]) for v in _f1(
+        np.array([tp.sum()]), np.array([predicted.sum()]),
+        np.array([actual.sum()])))
+
+
 def choose_threshold(probs, targets):
     """The grid threshold with the best micro F1 on (probs, targets)."""
     targets = np.asarray(targets) > 0.5
     best, best_f1 = 0.5, -1.0
     for t in sorted(_GRID, key=lambda t: abs(t - 0.5)):
-        tp, predicted, actual = _counts(probs >= t, targets)
-        f1 = _f1(np.array([tp.sum()]), np.array([predicted.sum()]),
-                 np.array([actual.sum()]))[2][0]
+        f1 = _micro(*_counts(probs >= t, targets))[2]
         if f1 > best_f1 + 1e-12:
             best, best_f1 = float(t), f1
     return best
@@ -126,15 +135,13 @@ def multilabel_metrics(probs, targets, label_names, threshold):
     predicted = probs >= threshold
     tp, npred, nact = _counts(predicted, targets)
     precision, recall, f1 = _f1(tp, npred, nact)
-    micro = _f1(np.array([tp.sum()]), np.array([npred.sum()]),
-                np.array([nact.sum()]))
+    micro = _micro(tp, npred, nact)
     return {
         "threshold": float(threshold),
         "accuracy": float((predicted == targets).mean()),
         "exact_match": float((predicted == targets).all(axis=1).mean()),
         "num_examples": int(len(probs)),
-        "micro_avg": {k: float(v[0]) for k, v in
-                      zip(("precision", "recall", "f1"), micro)},
+        "micro_avg": dict(zip(("precision", "recall", "f1"), micro)),
         "macro_avg": {"precision": float(precision.mean()),
                       "recall": float(recall.mean()), "f1": float(f1.mean())},
         "per_class": {
@@ -191,10 +198,6 @@ def write_report(probs, entries, matrix, label_names, output_dir, *,
       The `multilabel_metrics` dict plus "multi_label", "class_names",
       "most_confident_errors", "skipped" and "files".
     """
-    import os
-
-    from tlfast import atomic
-
     probs = np.asarray(probs, np.float32)
     targets = np.asarray(matrix)[[e.label for e in entries]]
     if threshold is None:

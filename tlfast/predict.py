@@ -21,6 +21,7 @@ import tensorflow as tf
 
 from tlfast import atomic
 from tlfast import config
+from tlfast import multilabel
 from tlfast import progress
 from tlfast.data import pipeline
 from tlfast.data import scan as scan_lib
@@ -197,8 +198,8 @@ def predict_images(model, paths, class_names, *, top_k=3, batch_size=32,
     for p, best, position in zip(probs, order, positions):
         row = {"path": usable[position].path}
         if threshold is not None:
-            row["labels"] = " ".join(class_names[c] for c in np.argsort(
-                -p, kind="stable") if p[c] >= threshold)
+            row["labels"] = " ".join(
+                multilabel.labels_above(p[None], class_names, threshold)[0])
         for rank, c in enumerate(best, start=1):
             row[f"label_{rank}"] = class_names[c]
             row[f"prob_{rank}"] = float(p[c])

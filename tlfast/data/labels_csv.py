@@ -28,7 +28,6 @@ import csv
 import dataclasses
 import hashlib
 import os
-import re
 import stat
 
 import numpy as np
@@ -39,7 +38,6 @@ from tlfast.data import walk
 
 # Bumped when the same CSV would be read differently.
 LABELS_CSV_VERSION = 1
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,7 +132,7 @@ def _label_of(raw, labels):
 
 
 def _check_names(names, labels):
-    bad = [n for n in names if _CONTROL.search(n)]
+    bad = [n for n in names if sources.CONTROL_CHARACTERS.search(n)]
     if bad:
         # Labels go into labels.txt (one per line), CSVs and the console.
         raise ValueError(
@@ -166,11 +164,7 @@ def _judge(root, root_real, relpath, follow_links):
         return path, walk.outside_reason(path, os.path.realpath(path))
     if not stat.S_ISREG(mode):
         return path, headers.not_regular_reason(mode)
-    ext = os.path.splitext(path)[1].lower()
-    if ext not in sources.IMAGE_EXTENSIONS:
-        return path, (f"unsupported file extension '{ext or relpath}' "
-                      f"(expected one of {', '.join(sources.IMAGE_EXTENSIONS)})")
-    return path, None
+    return path, sources.extension_reason(os.path.basename(path))
 
 
 def list_labelled_folder(root, labels, follow_links=False):

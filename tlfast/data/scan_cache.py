@@ -13,6 +13,7 @@ rewrite). A line cut short by a kill is skipped when reading; the file is
 rewritten without superseded lines once they make up most of it.
 """
 
+import hashlib
 import json
 import os
 
@@ -23,8 +24,6 @@ FORMAT = "tlfast-scan-cache"
 
 def cache_file(cache_dir, root):
     """The cache file of the folder `root` under `cache_dir`."""
-    import hashlib
-
     digest = hashlib.sha256(os.path.abspath(root).encode()).hexdigest()[:16]
     return os.path.join(cache_dir, "scan", f"{digest}.jsonl")
 

@@ -98,7 +98,9 @@ class ImageFolder:
         return "all" not in self.splits
 
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# Control characters: a name holding one would forge lines in labels.txt,
+# CSVs and the console.
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def _is_hidden(name):
@@ -108,7 +110,7 @@ def _is_hidden(name):
 def _class_dirs(path):
     names = sorted(entry.name for entry in os.scandir(path)
                    if entry.is_dir() and not _is_hidden(entry.name))
-    control = [name for name in names if _CONTROL.search(name)]
+    control = [name for name in names if CONTROL_CHARACTERS.search(name)]
     if control:
         # A class name goes into labels.txt (one per line), CSVs and the
         # console: a newline or escape sequence in it would forge lines.
@@ -142,6 +144,15 @@ def is_utf8(name):
     return True
 
 
+def extension_reason(name):
+    """Why a file `name` is not listed as an image by its extension, or None."""
+    ext = os.path.splitext(name)[1]
+    if ext.lower() in IMAGE_EXTENSIONS:
+        return None
+    return (f"unsupported file extension '{ext or name}' (expected one of "
+            f"{', '.join(IMAGE_EXTENSIONS)})")
+
+
 def _list_class_files(root, split_dir, class_name, label, skipped,
                       follow_links=False):
     """Lists one class folder (recursively) through `walk.walk_files`.
@@ -159,11 +170,8 @@ def _list_class_files(root, split_dir, class_name, label, skipped,
         name = os.path.basename(path)
         if reason is None and name.lower() in OS_METADATA_FILES:
             reason = "operating-system metadata file, not an image"
-        elif reason is None and (
-                os.path.splitext(name)[1].lower() not in IMAGE_EXTENSIONS):
-            ext = os.path.splitext(name)[1] or name
-            reason = (f"unsupported file extension '{ext}' (expected one of "
-                      f"{', '.join(IMAGE_EXTENSIONS)})")
+        elif reason is None:
+            reason = extension_reason(name)
         relpath = Path(os.path.relpath(path, root)).as_posix()
         if reason is None and not is_utf8(relpath):
             reason = NOT_UTF8
