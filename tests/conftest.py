@@ -101,3 +101,18 @@ def split_folder(tmp_path):
     make_folder(root / "train", {"ants": 6, "bees": 5})
     make_folder(root / "val", {"ants": 3, "bees": 2})
     return root
+
+
+def jpeg_with_orientation(image, value, big_endian=False):
+    """JPEG bytes of `image` with EXIF Orientation `value`."""
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x0112] = value
+    exif[0x010F] = "tlfast test camera"  # Another tag before it.
+    data = exif.tobytes()
+    if big_endian:  # PIL writes little-endian; rewrite the TIFF block.
+        pytest.skip("PIL writes little-endian EXIF only")
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, "JPEG", exif=data, quality=95)
+    return buffer.getvalue()

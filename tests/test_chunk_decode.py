@@ -5,6 +5,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import encode
+from conftest import jpeg_with_orientation
 from conftest import noise_image
 from tlfast.data import chunk_decode
 from tlfast.data import pipeline
@@ -14,8 +15,10 @@ from tlfast.data import pipeline
 def encoded():
     shapes = [(24, 32), (40, 20), (17, 17), (64, 48), (9, 30)]
     fmts = ["JPEG", "PNG", "JPEG", "BMP", "PNG"]
+    # Phone photos too: JPEGs with an EXIF turn take the full decode.
     return [encode(noise_image(s, seed=i), f)
-            for i, (s, f) in enumerate(zip(shapes * 3, fmts * 3))]
+            for i, (s, f) in enumerate(zip(shapes * 3, fmts * 3))] + [
+        jpeg_with_orientation(noise_image((20, 36), seed=v), v) for v in (1, 6, 8)]
 
 
 @pytest.mark.parametrize("resize", pipeline.RESIZE_MODES)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import jpeg_with_orientation
 from conftest import noise_image
 from tlfast.data import orientation
 from tlfast.data import pipeline
@@ -13,20 +14,6 @@ from tlfast.data import pipeline
 # PIL's own table (ImageOps.exif_transpose).
 _PIL_METHODS = {2: "FLIP_LEFT_RIGHT", 3: "ROTATE_180", 4: "FLIP_TOP_BOTTOM",
                 5: "TRANSPOSE", 6: "ROTATE_270", 7: "TRANSVERSE", 8: "ROTATE_90"}
-
-
-def jpeg_with_orientation(image, value, big_endian=False):
-    from PIL import Image
-
-    exif = Image.Exif()
-    exif[0x0112] = value
-    exif[0x010F] = "tlfast test camera"  # Another tag before it.
-    data = exif.tobytes()
-    if big_endian:  # PIL writes little-endian; rewrite the TIFF block.
-        pytest.skip("PIL writes little-endian EXIF only")
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, "JPEG", exif=data, quality=95)
-    return buffer.getvalue()
 
 
 @pytest.mark.parametrize("value", range(1, 9))
@@ -44,6 +31,19 @@ def test_every_orientation_matches_pil(value):
                     next(iter(tf.data.Dataset.from_tensors(data).map(
                         pipeline.decode_rgb)))):
         np.testing.assert_array_equal(decoded.numpy(), expected)
+
+
+def test_may_turn_agrees_with_the_graph():
+    from conftest import encode
+
+    for data in [jpeg_with_orientation(noise_image(seed=v), v) for v in (1, 6)] + [
+            encode(noise_image()), encode(noise_image(), "PNG"), b"",
+            b"\xff\xd8\xff\xe1\x00\x10Exif\0\0II*\0\xff\xff\xff\x7f",
+            b"\xff\xd8\xff\xe0" + b"\0" * 20 + b"Exif\0\0"]:
+        if int(orientation.exif_orientation(tf.constant(data))) != 1:
+            assert orientation.may_turn(data)
+    assert orientation.may_turn(jpeg_with_orientation(noise_image(), 6))
+    assert not orientation.may_turn(encode(noise_image()))
 
 
 def test_no_exif_and_other_formats_mean_as_stored():

@@ -86,7 +86,7 @@ def _builder_identity(name):
             f"{hashlib.sha256(source.encode()).hexdigest()[:16]}")
 
 
-def run_key(run):
+def run_key(run, listing=None):
     """The hash of everything a run's outputs depend on, or None.
 
     None where reuse does not apply: random backbone
@@ -96,6 +96,7 @@ def run_key(run):
 
     Args:
       run: The `tlfast.resolve.ResolvedRun`.
+      listing: The folder's `run_data.list_folder`, if listed already.
 
     Returns:
       A hex string, or None.
@@ -115,7 +116,7 @@ def run_key(run):
         seed=config.seed, max_pixels=config.max_pixels,
         skip_placeholders=config.skip_placeholders,
         follow_links=config.follow_links,
-        labels=run_data.labels_of(config)).name
+        labels=run_data.labels_of(config), listing=listing).name
     settings = {k: v for k, v in dataclasses.asdict(config).items()
                 if k not in _NOT_IN_KEY}
     blob = json.dumps({

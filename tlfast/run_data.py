@@ -50,18 +50,30 @@ def labels_of(config):
                                   config.label_delimiter)
 
 
-def load_data(run, folder, timings):
+def list_folder(config):
+    """The run's folder listed (a `sources.ImageFolder`), or None for TFDS.
+
+    Listed once a run: the run key and the preparation both use it.
+    """
+    if config.tfds_name or not config.data_dir:
+        return None
+    return sources.list_image_folder(config.data_dir, config.follow_links,
+                                     labels_of(config))
+
+
+def load_data(run, folder, timings, listing=None):
     """Scans and splits a folder, or opens a TFDS dataset's splits.
 
     Args:
       run: The `tlfast.resolve.ResolvedRun`.
       folder: Its `tlfast.run_folder.RunFolder` (split.csv goes there).
       timings: Phase timings to add to.
+      listing: The folder's `list_folder`, if listed already.
 
     Returns:
       A `TrainingData`.
     """
-    data = _load(run, folder, timings)
+    data = _load(run, folder, timings, listing)
     if run.config.multi_label:
         data = data.with_label_sets(run.config.label_delimiter)
         log.info("Multi-label: %d labels in %d label sets", len(data.label_names),
@@ -69,12 +81,12 @@ def load_data(run, folder, timings):
     return data
 
 
-def _load(run, folder, timings):
+def _load(run, folder, timings, listing):
     config, size = run.config, run.image_size
     if config.tfds_name:
         return load_tfds_data(config, size, timings)
     if config.prepare_tfds:
-        return load_prepared_data(config, size, folder, timings)
+        return load_prepared_data(config, size, folder, timings, listing)
     with Phase("scan", timings=timings) as phase:
         data = prepare.prepare_folder(
             config.data_dir, validation_split=config.validation_split,
@@ -82,6 +94,7 @@ def _load(run, folder, timings):
             strict=config.strict, max_pixels=config.max_pixels,
             skip_placeholders=config.skip_placeholders,
             follow_links=config.follow_links, labels=labels_of(config),
+            listing=listing,
             progress=lambda done, total: phase.update(done, total))
     prepare.log_skipped(data.skipped)
     folder.write_split({"train": data.train, "validation": data.validation},
@@ -95,7 +108,7 @@ def _load(run, folder, timings):
         data.skipped, data.presplit, data.scan_cached, run_folder.SPLIT)
 
 
-def load_prepared_data(config, size, folder, timings):
+def load_prepared_data(config, size, folder, timings, listing=None):
     """A folder read through the tlfast_image_folder TFDS builder."""
     cache_dir = os.path.expanduser(config.cache_dir)
     with Phase("prepare", timings=timings) as phase:
@@ -111,7 +124,7 @@ def load_prepared_data(config, size, folder, timings):
             max_pixels=config.max_pixels,
             skip_placeholders=config.skip_placeholders,
             follow_links=config.follow_links, lock_timeout=config.lock_timeout,
-            labels=labels_of(config),
+            labels=labels_of(config), listing=listing,
             progress=lambda done, total: phase.update(done, total))
     prepare.log_skipped(prepared.skipped)
     sets = {split: folder_builder.prepared_examples(

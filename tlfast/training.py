@@ -207,12 +207,13 @@ def _run(run, strategy=None):
     start = time.perf_counter()
     folder = RunFolder(run.config.output_dir)
     with folder.lock(run.config.lock_timeout):
-        key = reuse.run_key(run)
+        listing = run_data.list_folder(run.config)
+        key = reuse.run_key(run, listing)
         if key is not None and run.config.reuse_outputs:
             reused = reuse.reuse_outputs(key, run, folder, start)
             if reused is not None:
                 return reused
-        return _train(run, folder, strategy, start, key)
+        return _train(run, folder, strategy, start, key, listing)
 
 
 def _log_augmentation(run, num_train, extracted, timings):
@@ -291,7 +292,7 @@ def _train_head(run, folder, data, extracted, timings, callbacks):
     return head, history.history, head_lib.predict_head(head, val_x)
 
 
-def _train(run, folder, strategy, start, key):
+def _train(run, folder, strategy, start, key, listing):
     # Files this run writes are newer than this (less a coarse-clock margin).
     since_ns = time.time_ns() - 2 * 10**9
     config, timings = run.config, {}
@@ -300,7 +301,7 @@ def _train(run, folder, strategy, start, key):
     with Phase("backbone", timings=timings):
         backbone_model = backbones.create_backbone(run.spec.name, config.weights,
                                                    run.image_size)
-    data = run_data.load_data(run, folder, timings)
+    data = run_data.load_data(run, folder, timings, listing)
     log.info("%d classes, %d training and %d validation images",
              len(data.class_names), len(data.train), len(data.validation))
     run = dataclasses.replace(run, views=config.views_for(len(data.train)))

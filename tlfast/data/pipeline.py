@@ -189,7 +189,11 @@ def decode_image(data, image_size, mode=DEFAULT_RESIZE):
     Returns:
       uint8 tensor [image_size, image_size, 3].
     """
-    image = decode_rgb(data)
+    return to_size(decode_rgb(data), image_size, mode)
+
+
+def to_size(image, image_size, mode=DEFAULT_RESIZE):
+    """uint8 [H, W, 3] -> uint8 [image_size, image_size, 3] by `mode`."""
     shape = tf.shape(image)
     # Already the target size (e.g. a folder resized beforehand): every mode
     # would return the image unchanged, so skip the float round trip.

@@ -44,7 +44,7 @@ class PreparedFolder:
 def prepare_folder(data_dir, *, validation_split=0.2, seed=0, cache_dir=None,
                    strict=False, max_pixels=scan_lib.DEFAULT_MAX_PIXELS,
                    progress=None, skip_placeholders=True, follow_links=False,
-                   labels=None):
+                   labels=None, listing=None):
     """Lists, scans and splits an image folder.
 
     Args:
@@ -62,6 +62,8 @@ def prepare_folder(data_dir, *, validation_split=0.2, seed=0, cache_dir=None,
       skip_placeholders: Skip "image not found" graphics (few colours, one
         covering most of the image); False keeps them (e.g. line drawings).
       labels: Optional `tlfast.data.labels_csv.LabelsCsv` (labels from a CSV).
+      listing: The folder's `sources.ImageFolder` if already listed (made
+        with the same `follow_links` and `labels`); None lists it.
 
     Returns:
       A `PreparedFolder`.
@@ -71,7 +73,7 @@ def prepare_folder(data_dir, *, validation_split=0.2, seed=0, cache_dir=None,
       ValueError: Fewer than two classes with usable training images, no
         usable validation image, or (strict) bad files.
     """
-    folder = sources.list_image_folder(data_dir, follow_links, labels)
+    folder = listing or sources.list_image_folder(data_dir, follow_links, labels)
     if folder.presplit:
         train = folder.splits["train"]
         validation = folder.splits.get("validation", [])

@@ -153,6 +153,20 @@ def extension_reason(name):
             f"{', '.join(IMAGE_EXTENSIONS)})")
 
 
+def _relpath(path, root):
+    """`path` relative to `root`, '/'-separated.
+
+    Walked paths start with `root` as given: slicing costs 0.3 us a file,
+    `os.path.relpath` + `Path.as_posix` 6 us (0.1 s of a 20k-file listing).
+    """
+    prefix = root.rstrip(os.sep) + os.sep
+    if path.startswith(prefix):
+        relpath = path[len(prefix):]
+    else:
+        relpath = os.path.relpath(path, root)
+    return relpath if os.sep == "/" else relpath.replace(os.sep, "/")
+
+
 def _list_class_files(root, split_dir, class_name, label, skipped,
                       follow_links=False):
     """Lists one class folder (recursively) through `walk.walk_files`.
@@ -172,7 +186,7 @@ def _list_class_files(root, split_dir, class_name, label, skipped,
             reason = "operating-system metadata file, not an image"
         elif reason is None:
             reason = extension_reason(name)
-        relpath = Path(os.path.relpath(path, root)).as_posix()
+        relpath = _relpath(path, root)
         if reason is None and not is_utf8(relpath):
             reason = NOT_UTF8
         if reason is None:

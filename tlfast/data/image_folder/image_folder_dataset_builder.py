@@ -52,6 +52,9 @@ class ImageFolderConfig(tfds.core.BuilderConfig):
       progress: Optional callable(done, total) during the scan.
       labels: Optional `tlfast.data.labels_csv.LabelsCsv`: labels from a CSV
         instead of class folder names.
+      listing: The `tlfast.data.sources.ImageFolder` the config was named
+        from: the preparation scans it instead of listing the folder again
+        (None: it lists the folder).
     """
 
     root: str = ""
@@ -65,6 +68,7 @@ class ImageFolderConfig(tfds.core.BuilderConfig):
     strict: bool = False
     progress: object = dataclasses.field(default=None, repr=False)
     labels: object = None
+    listing: object = dataclasses.field(default=None, repr=False)
 
 
 def settings_of(config):
@@ -130,7 +134,8 @@ class TlfastImageFolder(tfds.core.GeneratorBasedBuilder):
             seed=config.seed, cache_dir=config.cache_dir, strict=config.strict,
             max_pixels=config.max_pixels, progress=config.progress,
             skip_placeholders=config.skip_placeholders,
-            follow_links=config.follow_links, labels=config.labels)
+            follow_links=config.follow_links, labels=config.labels,
+            listing=config.listing)
         if tuple(data.class_names) != tuple(config.class_names):
             raise ValueError(
                 f"The classes of '{config.root}' changed while it was being "
