@@ -355,3 +355,33 @@ def test_chunk_after_chunk_reads_the_records_once(junk_folder, tmp_path,
                             for b in examples.batched(chunk, 2)])
     np.testing.assert_array_equal(whole, again)
     assert len(passes) == 3  # Back to the start: a new pass, then another.
+
+
+def test_a_preparation_lists_the_folder_once(junk_folder, tmp_path,
+                                             monkeypatch):
+    calls = []
+    real = sources.list_image_folder
+    monkeypatch.setattr(sources, "list_image_folder",
+                        lambda *a, **k: calls.append(a) or real(*a, **k))
+    first = _prepare(junk_folder, tmp_path)
+    assert len(calls) == 1 and not first.reused
+    listing = real(junk_folder)
+    calls.clear()
+    again = _prepare(junk_folder, tmp_path / "other", listing=listing)
+    assert calls == [] and again.fingerprint == first.fingerprint
+    assert again.num_examples == first.num_examples
+
+
+def test_a_file_changed_while_preparing_is_said(junk_folder, tmp_path, caplog):
+    changed = junk_folder / "dogs" / "img_000.jpg"
+
+    def progress(done, total):
+        if done == total:  # The scan's last report: edit a scanned file.
+            st = os.stat(changed)
+            os.utime(changed, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+
+    with caplog.at_level("WARNING", logger="tlfast"):
+        prepared = _prepare(junk_folder, tmp_path, progress=progress)
+    assert "changed while it was being prepared" in caplog.text
+    assert not _prepare(junk_folder, tmp_path).reused  # Prepared anew.
+    assert not prepared.reused
