@@ -2,6 +2,7 @@
 
 import keras
 import numpy as np
+import pytest
 
 from test_backbones import register_tiny_backbone
 from tlfast import backbones
@@ -38,3 +39,16 @@ def test_local_predictor_matches_predict_on_batch():
     images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), np.uint8)
     got = extraction._LocalPredictor(model).predict_on_batch(images)
     np.testing.assert_allclose(got, model.predict_on_batch(images), atol=1e-5)
+
+
+@pytest.mark.parametrize("image_size", [32, 96, 112, 160, 224, 331])
+def test_extraction_sizes_hold_a_bounded_number_of_pixels(image_size):
+    batch, chunk = extraction.extraction_sizes(32, image_size, 512)
+    assert 32 <= batch <= chunk and 512 <= chunk <= 4 * 512
+    # A chunk holds no more pixels than a shard of 224-px images (or one
+    # shard), a call about as many as 32 of them.
+    assert chunk * image_size ** 2 <= max(512 * 224 ** 2, 512 * image_size ** 2)
+    assert batch * image_size ** 2 <= max(32 * 224 ** 2, 32 * image_size ** 2)
+    if image_size == 32:
+        assert (batch, chunk) == (1568, 2048)
+

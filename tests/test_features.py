@@ -517,3 +517,31 @@ def test_an_unreadable_manifest_deletes_nothing(tmp_path, backbone, monkeypatch,
         ft.FeatureCache(tmp_path / "cache", _key())
     monkeypatch.undo()
     assert _shards(tmp_path) == shards
+
+
+def test_chunks_of_several_shards_cache_every_shard(tmp_path):
+    ids = [f"x{i}" for i in range(10)]
+    images = np.arange(10, dtype=np.uint8)[:, None, None, None] * np.ones(
+        (1, 4, 4, 3), np.uint8)
+    calls = []
+
+    def make_dataset(indices):
+        calls.append(list(indices))
+        return tf.data.Dataset.from_tensor_slices(
+            {"image": images[indices]}).batch(4)
+
+    class Mean:
+        def predict_on_batch(self, x):
+            return np.asarray(x, np.float32).mean(axis=(1, 2))
+
+    cache = ft.FeatureCache(str(tmp_path), _key())
+    got, stats = ft.extract_features(
+        ids, make_dataset, Mean(), cache, shard_size=3, chunk_size=6,
+        overlap=False)
+    assert calls == [[0, 1, 2, 3, 4, 5], [6, 7, 8, 9]]
+    np.testing.assert_allclose(got[:, 0], np.arange(10))
+    assert len(stats.shards) == 4  # Shards of 3, 3, 3, 1.
+    again, stats = ft.extract_features(
+        ids, make_dataset, Mean(), cache, shard_size=3, overlap=False)
+    assert stats.cached == 10 and len(calls) == 2
+    np.testing.assert_array_equal(again, got)

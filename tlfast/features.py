@@ -464,7 +464,7 @@ def _batches(make_dataset, indices, chunk_size, overlap):
 
 
 def extract_features(ids, make_dataset, model, cache, *, shard_size=512,
-                     progress=None, overlap=None, part=None):
+                     progress=None, overlap=None, part=None, chunk_size=None):
     """Features for `ids` (in that order), computing only the missing ones.
 
     Holds `cache.lock()` throughout, so concurrent processes on one cache
@@ -485,10 +485,12 @@ def extract_features(ids, make_dataset, model, cache, *, shard_size=512,
         each shard; `done` counts cached plus computed examples out of
         `total = len(ids)`; the rate is over this call's computed examples.
       overlap: Whether the input pipeline decodes while the model runs
-        (True), or each `shard_size` chunk is decoded before the model sees
-        it (False; then `make_dataset` is called once per chunk and a chunk's
-        pixels are held in memory). None: overlap unless the model runs on
-        the CPU, where the two compete for the same cores.
+        (True), or each chunk is decoded before the model sees it (False;
+        then `make_dataset` is called once per chunk and a chunk's pixels
+        are held in memory). None: overlap unless the model runs on the CPU,
+        where the two compete for the same cores.
+      chunk_size: Examples a chunk (default `shard_size`); more than a shard
+        lets small images go through the model in bigger batches.
       part: (index, count): compute only the missing examples at positions
         `i` of `ids` with `i % count == index`, one worker's part of an
         extraction sharded over `count` workers sharing `cache` (see
@@ -529,7 +531,8 @@ def extract_features(ids, make_dataset, model, cache, *, shard_size=512,
         seen = set()  # Rows that came with their index.
         if overlap is None:
             overlap = not _model_on_cpu()
-        for batch in _batches(make_dataset, missing, shard_size, overlap):
+        chunk_size = chunk_size or shard_size
+        for batch in _batches(make_dataset, missing, chunk_size, overlap):
             if "index" in batch:
                 # Indexed elements stay matched to their ids even when the
                 # pipeline drops an example (a file broken since the scan).
