@@ -224,7 +224,10 @@ def _verdicts(paths, max_pixels, skip_placeholders):
     and a tf.data pipeline fed by a generator at 390 (`from_generator` alone
     costs 274 us an element).
     """
-    threads = os.cpu_count() or 1
+    # One thread more than cores: a thread's reads (Python, holding the GIL)
+    # overlap the others' decoding. 20k 48-px JPEGs on 2 cores: 1.35 s with
+    # 2 threads, 1.09 with 3, 1.07 with 4.
+    threads = (os.cpu_count() or 1) + 1
     with concurrent.futures.ThreadPoolExecutor(threads) as pool:
         # A few chunks in flight, not every file of a large folder at once.
         pending = collections.deque()
