@@ -161,7 +161,8 @@ def test_compiled_epochs_are_used_with_tensorflow():
     x, y = _blobs(n=20)
     head = head_lib.build_head(16, 3)
     head_lib.compile_classifier(head, 1e-3)
-    run = head_lib._compiled_epochs(head, x, y.astype("int32"), None, 8)
+    run = head_lib._compiled_epochs(head, x, y.astype("int32"),
+                                    np.arange(20, dtype="int32"), None, 8)
     assert run is not None
     logs = run(np.arange(20))
     assert set(logs) == {"loss", "accuracy"} and logs["loss"] > 0
@@ -275,3 +276,37 @@ def test_lr_find_sweeps_and_suggests_a_rate_that_trains():
     head = head_lib.build_head(16, 3, tuned)
     head_lib.train_head(head, (x, y), None, tuned)
     assert (head_lib.predict_head(head, vx).argmax(1) == vy).mean() > 0.8
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_rows_into_float16_features_train_as_their_float32_copy(
+        monkeypatch, compiled):
+    # Views served in place: features stored once as float16, examples
+    # picked by rows, give what the materialised float32 examples give.
+    (x, y), (vx, vy) = _blobs(n=60), _blobs(seed=3, n=30)
+    stored = x.astype("float16")
+    rows = np.concatenate([np.arange(60)[::-1], np.arange(0, 60, 2)])
+    labels = y[rows]
+    config = head_lib.HeadConfig(epochs=3, batch_size=16, patience=0)
+    if not compiled:
+        monkeypatch.setattr(head_lib, "_compiled_epochs", lambda *a, **k: None)
+
+    def train(train_set, **kwargs):
+        keras.utils.set_random_seed(0)
+        head = head_lib.build_head(16, 3, config)
+        history = head_lib.train_head(head, train_set, (vx, vy), config,
+                                      **kwargs).history
+        return history, head.get_weights()
+
+    served, served_weights = train((stored, labels), rows=rows)
+    copied, copied_weights = train((stored[rows].astype("float32"), labels))
+    for key in copied:
+        np.testing.assert_allclose(served[key], copied[key], rtol=1e-5)
+    for got, expected in zip(served_weights, copied_weights):
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="rows must index"):
+        head_lib.train_head(head_lib.build_head(16, 3), (stored, labels),
+                            config=config, rows=rows + 1)
+    rates, losses, _ = head_lib.lr_find(16, 3, (stored, labels), config,
+                                        steps=5, rows=rows)
+    assert len(rates) == len(losses) == 5 and np.isfinite(losses).all()

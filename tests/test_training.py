@@ -134,12 +134,25 @@ def test_precision_is_part_of_the_key(tiny_config):
     assert metrics["feature_cache"] == "miss"
 
 
-def test_augmented_views_are_cached_separately(tiny_config):
+def test_augmented_views_are_cached_separately(tiny_config, monkeypatch):
+    from tlfast import head as head_lib
+    from tlfast import host_arrays
+
+    served = []
+    real = head_lib.train_head
+    monkeypatch.setattr(head_lib, "train_head", lambda head, train, *a, **k: (
+        served.append((train, k["rows"])) or real(head, train, *a, **k)))
     config = dataclasses.replace(tiny_config, augment_views=2, augment="strong")
     metrics = _run(config)
     n_train = metrics["num_train"]
     assert metrics["backbone_images_forwarded"] == 3 * n_train + metrics["num_val"]
     assert _run(config)["feature_cache"] == "hit"
+    # The head reads the three views as stored: float16, once, in place.
+    for (features, labels), rows in served:
+        assert features.dtype == np.float16 and features.shape[0] == 3 * n_train
+        assert host_arrays.is_aligned(features)
+        assert sorted(rows) == list(range(3 * n_train)) == sorted(
+            range(len(labels)))
 
 
 def _inner_weights(model):

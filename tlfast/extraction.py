@@ -17,6 +17,7 @@ import tensorflow as tf
 from tlfast import backbones
 from tlfast import distribute
 from tlfast import features as features_lib
+from tlfast import host_arrays
 from tlfast import model as model_lib
 from tlfast.data import augment as augment_lib
 from tlfast.data import pipeline
@@ -47,15 +48,16 @@ def extraction_sizes(batch_size, image_size, shard_size):
 _CHUNK_SHARDS = 4
 
 
-def _extract(examples, feature_model, key, config, phase, workers, strategy):
+def _extract(examples, feature_model, key, config, phase, workers, strategy,
+             out=None):
     """Cached features of `examples` (see `tlfast.data.examples`), one view.
 
     With several workers each forwards its part into the shared cache; after
     a barrier every worker reads the whole of it.
 
     Returns:
-      (features float32 [N, D], ExtractStats with `forwarded` summed over
-      the workers).
+      (features [N, D]: `out` if given, else float32; ExtractStats with
+      `forwarded` summed over the workers).
     """
     cache = features_lib.FeatureCache(os.path.expanduser(config.cache_dir), key,
                                       lock_timeout=config.lock_timeout)
@@ -75,7 +77,7 @@ def _extract(examples, feature_model, key, config, phase, workers, strategy):
         return features_lib.extract_features(
             ids, make_dataset, feature_model, cache,
             shard_size=config.feature_shard_size, progress=progress, part=part,
-            chunk_size=chunk_size)
+            chunk_size=chunk_size, out=out)
 
     if workers.count == 1:
         return extract()
@@ -98,8 +100,9 @@ class Extracted:
     """What `extract_all` gives the run.
 
     Attributes:
-      validation: float features [num_val, D], in validation order.
-      train_views: One float [num_train, D] array per view (view 0: plain).
+      validation: float32 features [num_val, D], in validation order.
+      train_views: [views + 1, num_train, D] of the cache's dtype (view 0:
+        plain), a `host_arrays` array that TensorFlow reads in place.
       status: "hit", "miss" or "partial" over all the sets.
       forwarded: Images that went through the backbone in this run.
       stats: One `ExtractionStats` per set (validation first).
@@ -109,7 +112,7 @@ class Extracted:
     """
 
     validation: np.ndarray
-    train_views: list
+    train_views: np.ndarray
     status: str
     forwarded: int
     stats: list
@@ -158,6 +161,12 @@ def extract_all(train, validation, backbone_model, run, timings, strategy=None):
     results, stats = [], []
     with Phase("extract", total=total, timings=timings) as phase:
         clean = model_lib.build_feature_model(backbone_model)
+        # Every training view in one array of the stored dtype: the head
+        # reads it in place (float16 at 160k images, 2 added views of 256
+        # dims: 164 MB more at the peak, where float32 copies cost ~1 GB).
+        train_views = host_arrays.zeros(
+            (run.views + 1, len(train), clean.output_shape[-1]),
+            run.config.feature_dtype)
         views_seconds = 0.0
         for examples, key, augmentation in jobs:
             feature_model = clean if augmentation is None else (
@@ -165,8 +174,10 @@ def extract_all(train, validation, backbone_model, run, timings, strategy=None):
             if workers.count > 1:
                 feature_model = _LocalPredictor(feature_model)
             offset = phase.done
-            feats, stat = _extract(examples, feature_model, key, run.config,
-                                   phase, workers, strategy)
+            feats, stat = _extract(
+                examples, feature_model, key, run.config, phase, workers,
+                strategy, None if examples is validation else
+                train_views[key.view])
             phase.update(offset + len(examples), force=True)
             results.append(feats)
             stats.append(stat)
@@ -178,7 +189,7 @@ def extract_all(train, validation, backbone_model, run, timings, strategy=None):
     forwarded = sum(s.forwarded for s in stats)
     cached = sum(s.cached for s in stats)
     status = "hit" if not forwarded else ("miss" if not cached else "partial")
-    return Extracted(validation=results[0], train_views=results[1:],
+    return Extracted(validation=results[0], train_views=train_views,
                      status=status, forwarded=forwarded, stats=stats,
                      digests=[key.digest() for _, key, _ in jobs],
                      weights_identity=identity)

@@ -334,21 +334,30 @@ class FeatureCache:
             return None
         return ids, features
 
-    def lookup(self, ids):
+    def lookup(self, ids, out=None):
         """Features of the cached examples among `ids`.
 
         Args:
           ids: Sequence of example ids (str).
+          out: Optional float array [n, D] to fill (e.g. of the storage
+            dtype: no float32 copy); rows not found are left as they are.
 
         Returns:
-          (features, found): float32 [n, D] with zero rows where not found
-          (None when nothing is found and D is not yet known), and bool [n].
+          (features, found): `out` or float32 [n, D] with zero rows where not
+          found (None when nothing is found, D is not yet known and no `out`
+          is given), and bool [n].
         """
         ids = list(ids)
         found = np.zeros(len(ids), bool)
         if self._known_dim() is None:
-            return None, found
-        out = np.zeros((len(ids), self.feature_dim), np.float32)
+            return out, found
+        if out is None:
+            out = np.zeros((len(ids), self.feature_dim), np.float32)
+        elif out.shape != (len(ids), self.feature_dim):
+            raise ValueError(
+                f"out must have the shape [{len(ids)}, {self.feature_dim}] of "
+                f"the ids and the cached features. Received: out.shape="
+                f"{out.shape}")
         bad = set()
         while True:  # Again without bad shards, which older ones may back up.
             num_bad, index, rows_by_shard = len(bad), self._index(bad), {}
@@ -464,7 +473,8 @@ def _batches(make_dataset, indices, chunk_size, overlap):
 
 
 def extract_features(ids, make_dataset, model, cache, *, shard_size=512,
-                     progress=None, overlap=None, part=None, chunk_size=None):
+                     progress=None, overlap=None, part=None, chunk_size=None,
+                     out=None):
     """Features for `ids` (in that order), computing only the missing ones.
 
     Holds `cache.lock()` throughout, so concurrent processes on one cache
@@ -491,6 +501,8 @@ def extract_features(ids, make_dataset, model, cache, *, shard_size=512,
         where the two compete for the same cores.
       chunk_size: Examples a chunk (default `shard_size`); more than a shard
         lets small images go through the model in bigger batches.
+      out: Optional float array [len(ids), D] that receives the features
+        (of the cache's dtype, it holds them without a float32 copy).
       part: (index, count): compute only the missing examples at positions
         `i` of `ids` with `i % count == index`, one worker's part of an
         extraction sharded over `count` workers sharing `cache` (see
@@ -499,8 +511,9 @@ def extract_features(ids, make_dataset, model, cache, *, shard_size=512,
         once every worker is done, gathers them all.
 
     Returns:
-      (features float32 [len(ids), D], `ExtractStats`). Computed features are
-      rounded through the storage dtype, so a later cache hit is identical.
+      (features [len(ids), D]: `out`, or float32; `ExtractStats`). Computed
+      features are rounded through the storage dtype, so a later cache hit
+      is identical.
     """
     start = time.perf_counter()
     ids = [str(x) for x in ids]
@@ -511,6 +524,10 @@ def extract_features(ids, make_dataset, model, cache, *, shard_size=512,
     if not isinstance(shard_size, int) or shard_size < 1:
         raise ValueError(
             f"shard_size must be a positive int. Received: shard_size={shard_size!r}")
+    if out is not None and (out.ndim != 2 or len(out) != len(ids)):
+        raise ValueError(
+            f"out must be an array [len(ids), D] = [{len(ids)}, D]. Received: "
+            f"out.shape={out.shape}")
     scope = None
     if part is not None:
         index, count = part
@@ -521,7 +538,7 @@ def extract_features(ids, make_dataset, model, cache, *, shard_size=512,
         scope = f"part{index}of{count}"
     with cache.lock(scope):
         cache.remove_temporary_files()
-        features, found = cache.lookup(ids)
+        features, found = cache.lookup(ids, out)
         missing = np.flatnonzero(~found).tolist()
         if part is not None:
             # By position in `ids`, not in `missing`: every worker then draws
@@ -540,29 +557,31 @@ def extract_features(ids, make_dataset, model, cache, *, shard_size=512,
                 seen.update(rows)
             else:
                 rows = missing[done:done + len(batch["image"])]
-            out = np.asarray(model.predict_on_batch(np.asarray(batch["image"])))
-            dim = out.shape[-1] if features is None else features.shape[1]
-            if out.shape != (len(batch["image"]), dim) or len(rows) < len(out):
+            outputs = np.asarray(
+                model.predict_on_batch(np.asarray(batch["image"])))
+            dim = outputs.shape[-1] if features is None else features.shape[1]
+            if (outputs.shape != (len(batch["image"]), dim)
+                    or len(rows) < len(outputs)):
                 # Unmatched rows may already pair ids with the wrong
                 # features in this call's shards: never leave those behind.
                 _drop_files(written)
                 raise ValueError(
                     f"Expected model outputs [B, {dim}] for the {len(missing)} "
                     f"examples asked of make_dataset. Received: shape="
-                    f"{out.shape} after {done} examples")
+                    f"{outputs.shape} after {done} examples")
             if features is None:
                 features = np.zeros((len(ids), dim), np.float32)
             # Rounded like the stored copy, so hits and misses agree.
             with np.errstate(over="ignore"):
-                stored = out.astype(cache.key.dtype)
+                stored = outputs.astype(cache.key.dtype)
             if not np.isfinite(stored).all():
                 # Cached, they would be served to every later run.
                 bad = ids[rows[int(np.argwhere(~np.isfinite(stored))[0][0])]]
-                if np.isfinite(out).all():
+                if np.isfinite(outputs).all():
                     raise ValueError(
                         f"Features of '{bad}' overflow the cache's "
                         f"{cache.key.dtype} (largest |value| "
-                        f"{float(np.abs(out).max()):.3g}). Store them as "
+                        f"{float(np.abs(outputs).max()):.3g}). Store them as "
                         "float32: --feature_dtype=float32 "
                         "(TrainConfig.feature_dtype).")
                 raise ValueError(

@@ -9,6 +9,7 @@ import contextlib
 import keras
 import numpy as np
 
+from tlfast import host_arrays
 from tlfast.config import HeadConfig
 
 
@@ -141,14 +142,14 @@ def _epoch_metrics(model):
         del model.reset_metrics
 
 
-def _epoch_on_batches(head, x, y, order, batch_size, class_weights=None):
+def _epoch_on_batches(head, x, y, rows, order, batch_size, class_weights=None):
     """One epoch of `train_on_batch` steps; the epoch's mean loss/accuracy."""
     with _epoch_metrics(head):
-        for start in range(0, len(x), batch_size):
+        for start in range(0, len(y), batch_size):
             batch = order[start:start + batch_size]
             weights = None if class_weights is None else class_weights[y[batch]]
-            out = head.train_on_batch(x[batch], y[batch], sample_weight=weights,
-                                      return_dict=True)
+            out = head.train_on_batch(x[rows[batch]].astype(np.float32), y[batch],
+                                      sample_weight=weights, return_dict=True)
     return {"loss": out["loss"], "accuracy": out["accuracy"]}
 
 
@@ -181,8 +182,8 @@ def predict_head(head, features, batch_size=_EVAL_CHUNK):
     return np.concatenate(chunks).astype(np.float32, copy=False)
 
 
-def _compiled_epochs(head, x, y, validation, batch_size, class_weights=None,
-                     label_matrix=None):
+def _compiled_epochs(head, x, y, rows, validation, batch_size,
+                     class_weights=None, label_matrix=None):
     """One compiled TensorFlow call per epoch (training and validation), or None.
 
     `train_on_batch` costs a few milliseconds of Python per call, far more
@@ -217,9 +218,11 @@ def _compiled_epochs(head, x, y, validation, batch_size, class_weights=None,
     weights = None if class_weights is None else tf.constant(
         class_weights, tf.float32)
 
-    def step(x, y, order, start, loss_sum, correct_sum):
+    def step(x, y, rows, order, start, loss_sum, correct_sum):
         batch = order[start:start + batch_size]
-        xb, yb = tf.gather(x, batch), tf.gather(y, batch)
+        # Gathered and cast per batch: the features stay as stored.
+        xb = tf.cast(tf.gather(x, tf.gather(rows, batch)), tf.float32)
+        yb = tf.gather(y, batch)
         sample_weight = None if weights is None else tf.gather(weights, yb)
         with tf.GradientTape() as tape:
             probs = head(xb, training=True)
@@ -256,34 +259,55 @@ def _compiled_epochs(head, x, y, validation, batch_size, class_weights=None,
     # Graph code without autograph: converting Keras's layers and optimizer
     # as well would add half again to the tracing, the bulk of the cost.
     @tf.function(autograph=False)
-    def epoch(x, y, order, *validation):
-        logs = means(step, tf.shape(order)[0], x, y, order)
+    def epoch(x, y, rows, order, *validation):
+        logs = means(step, tf.shape(order)[0], x, y, rows, order)
         if validation:
             logs += means(validation_sums, tf.shape(validation[1])[0],
                           *validation)
         return tf.stack(logs)
 
     names = ["loss", "accuracy"]
-    arrays = [tf.convert_to_tensor(x), tf.convert_to_tensor(y)]
+    # The features in place where they are aligned (`host_arrays`): a copy
+    # of every view would double the head's memory.
+    arrays = [host_arrays.as_tensor(x), tf.convert_to_tensor(y),
+              tf.convert_to_tensor(rows)]
     if validation is not None:
         names += ["val_loss", "val_accuracy"]
         arrays += [tf.convert_to_tensor(v) for v in validation]
 
     def run(order):
-        values = epoch(arrays[0], arrays[1], tf.constant(order, tf.int32),
-                       *arrays[2:]).numpy()
+        values = epoch(*arrays[:3], tf.constant(order, tf.int32),
+                       *arrays[3:]).numpy()
         return {name: float(v) for name, v in zip(names, values)}
 
     return run
 
 
-def _check_examples(name, x, y):
-    if x.ndim != 2 or len(x) == 0 or len(x) != len(y):
+def _check_examples(name, x, y, rows=None):
+    if x.ndim != 2 or len(x) == 0 or len(y) != (len(x) if rows is None
+                                                 else len(rows)):
         hint = " (pass validation=None to train without one)" if name == "validation" else ""
         raise ValueError(
             f"{name} must be (features [N, D], labels [N]) with N >= 1{hint}. "
             f"Received: {name} features of shape {x.shape} and labels of "
             f"shape {y.shape}")
+    if rows is not None and len(rows) and (rows.min() < 0
+                                           or rows.max() >= len(x)):
+        raise ValueError(
+            f"rows must index the {len(x)} feature rows. Received: rows from "
+            f"{rows.min()} to {rows.max()}")
+
+
+def _training_examples(train, rows):
+    """(features [N, D] float16/32, labels int32 [M], rows int32 [M])."""
+    x = np.asarray(train[0])
+    if x.dtype not in (np.float16, np.float32):
+        x = x.astype(np.float32)
+    y = np.asarray(train[1], np.int32)
+    rows = (np.arange(len(x), dtype=np.int32) if rows is None
+            else np.asarray(rows, np.int32))
+    _check_examples("train", x, y, rows)
+    return x, y, rows
 
 
 # Optimizer steps a head trains for at the least, and an epoch has: with
@@ -323,7 +347,7 @@ def balanced_class_weights(labels, num_classes):
 
 
 def train_head(head, train, validation=None, config=HeadConfig(), callbacks=(),
-               class_weights=None, label_matrix=None):
+               class_weights=None, label_matrix=None, rows=None):
     """Fits the head on in-memory features.
 
     An epoch loop of its own instead of `fit`: on a few thousand cached
@@ -334,7 +358,9 @@ def train_head(head, train, validation=None, config=HeadConfig(), callbacks=(),
 
     Args:
       head: From `build_head`.
-      train: (features float32 [N, D], labels int [N]).
+      train: (features float16/float32 [N, D], labels int [M]); used as
+        they are (no float32 copy; aligned ones in place, see
+        `tlfast.host_arrays`).
       validation: Optional (features, labels) for validation and early
         stopping (on validation loss, best weights restored).
       config: A `HeadConfig`; `seed` also seeds the shuffling.
@@ -345,6 +371,8 @@ def train_head(head, train, validation=None, config=HeadConfig(), callbacks=(),
         Validation loss (early stopping) stays unweighted, as in `fit`.
       label_matrix: Multi-label: float [label sets, labels] (labels then
         index its rows; the head ends in a sigmoid per label).
+      rows: Optional int [M]: example i is `features[rows[i]]` (several
+        views of a set served from one array); None: M = N, in order.
 
     Returns:
       An object whose `.history` maps "loss", "accuracy" (and "val_loss",
@@ -360,33 +388,31 @@ def train_head(head, train, validation=None, config=HeadConfig(), callbacks=(),
         callbacks.append(keras.callbacks.EarlyStopping(
             monitor="val_loss", patience=config.patience,
             restore_best_weights=True))
-    x = np.asarray(train[0], np.float32)
-    y = np.asarray(train[1], np.int32)
-    _check_examples("train", x, y)
+    x, y, rows = _training_examples(train, rows)
     if validation is not None:
         vx = np.asarray(validation[0], np.float32)
         vy = np.asarray(validation[1], np.int32)
         _check_examples("validation", vx, vy)
-    batch_size = step_batch_size(len(x), config.batch_size, config.epochs)
+    batch_size = step_batch_size(len(y), config.batch_size, config.epochs)
     if class_weights is not None:
         class_weights = np.asarray(class_weights, np.float32)
     run_epoch = _compiled_epochs(
-        head, x, y, None if validation is None else (vx, vy), batch_size,
-        class_weights, label_matrix)
+        head, x, y, rows, None if validation is None else (vx, vy),
+        batch_size, class_weights, label_matrix)
     rng = np.random.default_rng(config.seed)
     history = _History()
     callback_list = keras.callbacks.CallbackList(
         callbacks, model=head, epochs=config.epochs, verbose=0,
-        steps=-(-len(x) // batch_size))
+        steps=-(-len(y) // batch_size))
     head.stop_training = False
     callback_list.on_train_begin()
     for epoch in range(config.epochs):
         callback_list.on_epoch_begin(epoch)
-        order = rng.permutation(len(x))
+        order = rng.permutation(len(y))
         if run_epoch:
             logs = run_epoch(order)
         else:
-            logs = _epoch_on_batches(head, x, y, order, batch_size,
+            logs = _epoch_on_batches(head, x, y, rows, order, batch_size,
                                      class_weights)
             if validation is not None:
                 logs["val_loss"], logs["val_accuracy"] = _evaluate(head, vx, vy)
@@ -401,7 +427,7 @@ def train_head(head, train, validation=None, config=HeadConfig(), callbacks=(),
 
 
 def lr_find(feature_dim, num_classes, train, config=HeadConfig(),
-            start=1e-5, stop=1.0, steps=100, label_matrix=None):
+            start=1e-5, stop=1.0, steps=100, label_matrix=None, rows=None):
     """A learning-rate sweep for the head, on cached features (fastai's lr_find).
 
     A fresh head takes `steps` optimizer steps on shuffled batches while the
@@ -412,29 +438,30 @@ def lr_find(feature_dim, num_classes, train, config=HeadConfig(),
 
     Args:
       feature_dim, num_classes: As for `build_head`.
-      train: (features float32 [N, D], labels int [N]).
+      train: (features [N, D], labels int [M]), as for `train_head`.
       config: The head's `HeadConfig` (its rate is not used).
       start, stop: The sweep's first and last rate.
       steps: Optimizer steps.
       label_matrix: Multi-label, as for `train_head`.
+      rows: As for `train_head`.
 
     Returns:
       (rates float [n], smoothed losses float [n], suggested rate).
     """
-    x = np.asarray(train[0], np.float32)
-    y = np.asarray(train[1], np.int32)
-    _check_examples("train", x, y)
+    x, y, rows = _training_examples(train, rows)
     head = build_head(feature_dim, num_classes, config,
                       "softmax" if label_matrix is None else "sigmoid")
     compile_classifier(head, start, config.label_smoothing, label_matrix)
     rng = np.random.default_rng(config.seed)
-    batch = step_batch_size(len(x), config.batch_size, config.epochs)
+    batch = step_batch_size(len(y), config.batch_size, config.epochs)
     rates = start * (stop / start) ** (np.arange(steps) / max(steps - 1, 1))
     losses, smooth, best = [], 0.0, np.inf
     for i, rate in enumerate(rates):
         head.optimizer.learning_rate.assign(float(rate))
-        rows = rng.choice(len(x), size=min(batch, len(x)), replace=False)
-        loss = float(head.train_on_batch(x[rows], y[rows], return_dict=True)["loss"])
+        chosen = rng.choice(len(y), size=min(batch, len(y)), replace=False)
+        loss = float(head.train_on_batch(
+            x[rows[chosen]].astype(np.float32), y[chosen],
+            return_dict=True)["loss"])
         smooth = 0.9 * smooth + 0.1 * loss
         losses.append(smooth / (1 - 0.9 ** (i + 1)))  # Bias-corrected.
         best = min(best, losses[-1])

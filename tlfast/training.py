@@ -239,14 +239,15 @@ def _log_augmentation(run, num_train, extracted, timings):
                  run.augment, num_train, config_lib.AUTO_VIEWS_MAX_TRAIN)
 
 
-def _lr_find(run, folder, train, num_classes, timings, label_matrix=None):
+def _lr_find(run, folder, train, num_classes, timings, label_matrix=None,
+             rows=None):
     """--lr_find: the sweep's plot in the run folder and its suggestion logged."""
     from tlfast import plots
 
     with Phase("lr_find", timings=timings):
         rates, losses, suggested = head_lib.lr_find(
             run.spec.feature_dim, num_classes, train, run.head,
-            label_matrix=label_matrix)
+            label_matrix=label_matrix, rows=rows)
         plots.plot_lr_find(rates, losses, suggested,
                            folder.file(run_folder_lib.LR_FIND))
     log.info("[lr_find] suggested --learning_rate=%.2g (this run uses %.2g); "
@@ -269,24 +270,27 @@ def _train_head(run, folder, data, extracted, timings, callbacks):
     Returns:
       (head, its history dict, validation probabilities float32 [N, C]).
     """
-    train, val_x = data.train, extracted.validation
+    train, val_x, views = data.train, extracted.validation, extracted.train_views
     # Rows in content-id order: the head then trains on the same sequence
     # whether the images came from loose files or prepared TFDS records.
+    # Every view's rows index the views as stored (no copy of them).
     order = np.argsort(np.asarray(train.ids, dtype=object), kind="stable")
-    train_x = np.concatenate([view[order] for view in extracted.train_views])
-    train_y = np.tile(train.labels[order], len(extracted.train_views))
+    rows = (np.arange(len(views))[:, None] * len(train) + order).ravel()
+    train_x = views.reshape(-1, views.shape[-1])
+    train_y = np.tile(train.labels[order], len(views))
     num_classes, matrix = len(data.outputs), data.label_matrix
     if run.config.lr_find:
-        _lr_find(run, folder, (train_x, train_y), num_classes, timings, matrix)
+        _lr_find(run, folder, (train_x, train_y), num_classes, timings, matrix,
+                 rows)
     head = head_lib.build_head(run.spec.feature_dim, num_classes, run.head,
                                "softmax" if matrix is None else "sigmoid")
     with Phase("head", timings=timings):
         history = head_lib.train_head(
             head, (train_x, train_y), (val_x, data.validation.labels), run.head,
-            callbacks=[EpochLogger("head", len(train_x), interval=2.0),
+            callbacks=[EpochLogger("head", len(train_y), interval=2.0),
                        *callbacks],
             class_weights=_class_weights(run, train_y, num_classes),
-            label_matrix=matrix)
+            label_matrix=matrix, rows=rows)
     # One pass over the cached validation features serves both the accuracy
     # and the end-of-run evaluation report.
     return head, history.history, head_lib.predict_head(head, val_x)
