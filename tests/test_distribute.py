@@ -1,3 +1,4 @@
+import csv
 import dataclasses
 import glob
 import json
@@ -49,18 +50,6 @@ def test_multi_worker_needs_a_usable_tf_config(monkeypatch, tf_config, problem):
         monkeypatch.setenv("TF_CONFIG", tf_config)
     with pytest.raises(ValueError, match=problem):
         distribute.check_distribution("multi_worker")
-
-
-def test_multi_worker_refuses_fine_tuning_up_front(tmp_path, monkeypatch):
-    monkeypatch.setenv("TF_CONFIG", json.dumps({
-        "cluster": {"worker": ["localhost:1", "localhost:2"]},
-        "task": {"type": "worker", "index": 0}}))
-    register_tiny_backbone()
-    with pytest.raises(ValueError, match="72388"):
-        training.TrainConfig(
-            data_dir=str(tmp_path), output_dir=str(tmp_path / "out"),
-            backbone="tiny_test", weights=None, fine_tune_epochs=1,
-            distribution="multi_worker")
 
 
 def test_tpu_without_a_tpu_is_a_clear_error(monkeypatch):
@@ -129,10 +118,8 @@ def _shard_ids(cache_dir):
     return ids
 
 
-def test_multi_worker_two_local_processes(tmp_path):
-    root = make_folder(tmp_path / "data", {"a": 12, "b": 12})
-    config = tiny_train_config(tmp_path, root, batch_size=4, feature_shard_size=4,
-                               distribution="multi_worker")
+def _two_workers(config):
+    """Runs `config` as two local multi_worker processes: (metrics, logs)."""
     code = _WORKER.format(repo=REPO, tests=os.path.join(REPO, "tests"),
                           config=json.dumps(dataclasses.asdict(config)))
     cluster = {"worker": [f"localhost:{p}" for p in _free_ports(2)]}
@@ -153,7 +140,14 @@ def test_multi_worker_two_local_processes(tmp_path):
     finally:
         for proc in procs:
             proc.kill()
-    chief, worker = outputs
+    return outputs, logs
+
+
+def test_multi_worker_two_local_processes(tmp_path):
+    root = make_folder(tmp_path / "data", {"a": 12, "b": 12})
+    config = tiny_train_config(tmp_path, root, batch_size=4, feature_shard_size=4,
+                               distribution="multi_worker")
+    (chief, worker), logs = _two_workers(config)
     # The chief wrote the model and the metrics; the other worker nothing.
     assert os.path.isfile(tmp_path / "out" / "model.keras")
     saved = json.load(open(tmp_path / "out" / "metrics.json"))
@@ -174,3 +168,20 @@ def test_multi_worker_two_local_processes(tmp_path):
     assert len(ids) == len(set(ids)) == 24
     model = keras.models.load_model(tmp_path / "out" / "model.keras")
     assert model.output_shape == (None, 2)
+
+
+def test_multi_worker_fine_tuning_shards_and_stays_in_step(tmp_path):
+    root = make_folder(tmp_path / "data", {"a": 14, "b": 14})
+    config = tiny_train_config(tmp_path, root, batch_size=4, fine_tune_epochs=2,
+                               patience=0, distribution="multi_worker")
+    (chief, worker), logs = _two_workers(config)
+    # Same all-reduced updates and sums: the same history on both workers.
+    assert worker["stages"] == chief["stages"]
+    assert chief["stages"]["fine_tune"]["best_epoch"] == 2
+    with open(tmp_path / "out" / "history.csv") as f:
+        rows = list(csv.DictReader(f))
+    tuned = [r for r in rows if r["stage"] == "fine_tune"]
+    assert [r["epoch"] for r in tuned] == ["1", "2"]
+    assert all(0 <= float(r["val_accuracy"]) <= 1 for r in tuned)
+    for log in logs:  # Each worker its own shard, logged with the epochs.
+        assert "[fine_tune] epoch 2/2" in log, log[-3000:]

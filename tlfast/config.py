@@ -377,15 +377,6 @@ class TrainConfig:
                 f"data_service_address={self.data_service_address!r}")
 
     def _check_combinations(self):
-        if self.distribution == "multi_worker" and self.fine_tune_epochs:
-            raise ValueError(
-                "Fine-tuning cannot run with distribution='multi_worker': "
-                "Keras 3's trainer fails under MultiWorkerMirroredStrategy "
-                "(tensorflow/tensorflow#72388). Extract features and train "
-                "the head with multi_worker, then fine-tune on one machine "
-                "(distribution='mirrored' uses all its GPUs); the feature "
-                "cache is reused. Received: fine_tune_epochs="
-                f"{self.fine_tune_epochs}, distribution='multi_worker'")
         if self.multi_label and self.class_weight != "none":
             raise ValueError(
                 "class_weight='balanced' weighs single-label classes; with "

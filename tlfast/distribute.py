@@ -159,22 +159,25 @@ def num_replicas(strategy):
 
 
 def all_sum(strategy, value):
-    """Sum of a number over the workers; also a barrier (all must call it).
+    """Sum of numbers over the workers; also a barrier (all must call it).
 
     Args:
       strategy: A tf.distribute strategy, or None.
-      value: This worker's number (int or float).
+      value: This worker's number (int or float), or a float array.
 
     Returns:
-      The sum over workers (a float; `value` itself without a strategy).
+      The sum over workers: a float (or float64 array of `value`'s shape);
+      `value` itself without a strategy.
     """
     if strategy is None:
         return value
+    import numpy as np
     import tensorflow as tf
 
     # Each worker's local replicas share its value: each contributes a share.
     local = max(1, strategy.num_replicas_in_sync // workers_of(strategy).count)
-    share = tf.constant(float(value) / local, tf.float64)
+    share = tf.constant(np.asarray(value, np.float64) / local)
     per_replica = strategy.run(lambda: tf.identity(share))
-    total = strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
-    return float(total.numpy())
+    total = strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica,
+                            axis=None).numpy()
+    return float(total) if np.ndim(value) == 0 else total

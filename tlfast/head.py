@@ -182,6 +182,25 @@ def predict_head(head, features, batch_size=_EVAL_CHUNK):
     return np.concatenate(chunks).astype(np.float32, copy=False)
 
 
+def count_correct(labels, probs, label_matrix=None):
+    """float32 scalar: the examples of a batch classified right (TensorFlow).
+
+    Args:
+      labels: int [B] class (or label-set) indices.
+      probs: float [B, C] outputs.
+      label_matrix: Multi-label (see `train_head`): per-label accuracy.
+    """
+    import tensorflow as tf
+
+    if label_matrix is not None:
+        from tlfast import multilabel
+
+        return tf.reduce_sum(multilabel.correct_per_example(
+            label_matrix, labels, probs))
+    predicted = tf.cast(tf.argmax(probs, axis=-1), labels.dtype)
+    return tf.reduce_sum(tf.cast(tf.equal(predicted, labels), tf.float32))
+
+
 def _compiled_epochs(head, x, y, rows, validation, batch_size,
                      class_weights=None, label_matrix=None):
     """One compiled TensorFlow call per epoch (training and validation), or None.
@@ -207,13 +226,7 @@ def _compiled_epochs(head, x, y, rows, validation, batch_size,
     optimizer = head.optimizer
 
     def correct(labels, probs):
-        if label_matrix is not None:
-            from tlfast import multilabel
-
-            return tf.reduce_sum(multilabel.correct_per_example(
-                label_matrix, labels, probs))
-        predicted = tf.cast(tf.argmax(probs, axis=-1), labels.dtype)
-        return tf.reduce_sum(tf.cast(tf.equal(predicted, labels), tf.float32))
+        return count_correct(labels, probs, label_matrix)
 
     weights = None if class_weights is None else tf.constant(
         class_weights, tf.float32)

@@ -97,12 +97,13 @@ def fine_tune_schedule(learning_rate, num_train, batch_size, epochs):
 
 
 def fine_tune(classifier, backbone_model, run, data, timings, callbacks,
-              class_weights=None):
+              class_weights=None, strategy=None):
     """Trains the top blocks end to end on the uint8 pixel pipeline.
 
     Warm-up + cosine learning rate, optionally lower a block down
     (`fine_tune_lr_decay`); with `patience`, early stopping on validation
-    loss and the best epoch's weights restored.
+    loss and the best epoch's weights restored. Under `multi_worker` each
+    worker trains on its shard of the images (`tlfast.worker_fit`).
 
     Returns:
       The Keras history dict of the fine-tuning epochs.
@@ -133,6 +134,13 @@ def fine_tune(classifier, backbone_model, run, data, timings, callbacks,
         cache_dir=run.cache_dir, seed=config.seed)
     train_config, val_config = split_ram_budget(pconfig, len(data.train),
                                                 len(data.validation))
+    workers = distribute.workers_of(strategy)
+    logger = EpochLogger("fine_tune", len(data.train))
+    if workers.count > 1:
+        return _fine_tune_across_workers(
+            classifier, strategy, workers, data, (train_config, val_config),
+            config.fine_tune_epochs, [logger, *callbacks], class_weights,
+            timings)
     train_ds = pipeline.to_supervised(data.train.pixels(train_config,
                                                         training=True))
     val_ds = pipeline.to_supervised(data.validation.pixels(val_config,
@@ -140,14 +148,36 @@ def fine_tune(classifier, backbone_model, run, data, timings, callbacks,
     with Phase("fine_tune", timings=timings):
         history = classifier.fit(
             train_ds, validation_data=val_ds, epochs=config.fine_tune_epochs,
-            verbose=0, callbacks=[EpochLogger("fine_tune", len(data.train)),
-                                  *callbacks],
+            verbose=0, callbacks=[logger, *callbacks],
             # The pipeline shuffles (`pipeline.finish`); Keras' own shuffle
             # does not apply to a tf.data input, and says so on the console.
             shuffle=False,
             class_weight=None if class_weights is None else dict(
                 enumerate(class_weights.tolist())))
     return history.history
+
+
+def _fine_tune_across_workers(classifier, strategy, workers, data, configs,
+                              epochs, callbacks, class_weights, timings):
+    """`fine_tune`'s training under multi_worker: each worker a shard and
+    batch_size / workers images a step (the same global batch)."""
+    from tlfast import worker_fit
+
+    train_config, val_config = configs
+    shard = (workers.index, workers.count)
+    per_worker = max(1, train_config.batch_size // workers.count)
+    train_ds = data.train.pixels(
+        dataclasses.replace(train_config, batch_size=per_worker,
+                            seed=train_config.seed + workers.index),
+        training=True, shard=shard)
+    val_ds = data.validation.pixels(val_config, training=False, shard=shard)
+    steps = max(1, -(-len(data.train) // (per_worker * workers.count)))
+    with Phase("fine_tune", timings=timings):
+        return worker_fit.fit_across_workers(
+            classifier, strategy, workers, train_ds, val_ds,
+            steps_per_epoch=steps, epochs=epochs,
+            callbacks=callbacks, class_weights=class_weights,
+            label_matrix=data.label_matrix)
 
 
 def kept_epoch(history, patience):
@@ -184,7 +214,10 @@ def run_training(config):
         # through the strategy's collectives; the head (seconds on cached
         # features) then trains on every worker alike, outside the strategy:
         # Keras 3's trainer cannot run under MultiWorkerMirroredStrategy
-        # (tensorflow/tensorflow#72388).
+        # (tensorflow/tensorflow#72388). Fine-tuning shards the images and
+        # all-reduces gradients in a loop of its own (`tlfast.worker_fit`).
+        # Batch size and rate stay those of one process: a global batch is
+        # split between the workers.
         scope, scale = contextlib.nullcontext(), 1
     run = dataclasses.replace(run.scaled(scale), replicas=replicas)
     if workers.is_chief:
@@ -328,7 +361,8 @@ def _train(run, folder, strategy, start, key, listing):
         head_only = classifier.get_weights()
         history = fine_tune(
             classifier, backbone_model, run, data, timings, [tensorboard],
-            _class_weights(run, data.train.labels, len(data.class_names)))
+            _class_weights(run, data.train.labels, len(data.class_names)),
+            strategy)
         stages.append(("fine_tune", history))
         epoch = kept_epoch(history, config.patience)
         tuned = {"val_accuracy": float(history["val_accuracy"][epoch - 1]),

@@ -48,9 +48,11 @@ class Examples(Protocol):
         """{"image": uint8 [B, S, S, 3], "label": int32 [B], "index": [B]}
         for the examples at `indices` (sorted), "index" saying which."""
 
-    def pixels(self, config, *, training) -> tf.data.Dataset:
+    def pixels(self, config, *, training, shard=None) -> tf.data.Dataset:
         """The whole split through `pipeline.finish` (cached, shuffled when
-        training, batched) for a `pipeline.PipelineConfig`."""
+        training, batched) for a `pipeline.PipelineConfig`; with `shard`
+        (index, count) only the examples i with i % count == index (one
+        worker's part), decoding no other."""
 
 
 class FileExamples:
@@ -88,14 +90,16 @@ class FileExamples:
         return self._decoded(subset, indices).batch(batch_size).prefetch(
             tf.data.AUTOTUNE)
 
-    def pixels(self, config, *, training):
-        """The cached, (shuffled,) batched pipeline of the whole split."""
+    def pixels(self, config, *, training, shard=None):
+        """The cached, (shuffled,) batched pipeline of the split (or shard)."""
+        entries = self.entries if shard is None else self.entries[
+            shard[0]::shard[1]]
         if not self.service:
-            return pipeline.image_folder_dataset(self.entries, config,
+            return pipeline.image_folder_dataset(entries, config,
                                                  training=training)
         from tlfast.data import service
 
-        return service.finish_served(self._decoded(self.entries), len(self),
+        return service.finish_served(self._decoded(entries), len(entries),
                                      config, training=training)
 
 
@@ -132,7 +136,7 @@ class TfdsExamples:
         return [f"tfds:{self.name}:{self.version}:{self.split}:{i}"
                 for i in range(len(self))]
 
-    def _decoded(self, with_index):
+    def _decoded(self, with_index, shard=None):
         size, resize = self.image_size, self.resize
 
         def load(index, item):
@@ -142,7 +146,10 @@ class TfdsExamples:
                 element["index"] = tf.cast(index, tf.int32)
             return element
 
-        return self._raw.enumerate().map(load, num_parallel_calls=tf.data.AUTOTUNE)
+        ds = self._raw.enumerate()
+        if shard is not None:
+            ds = ds.shard(shard[1], shard[0])
+        return ds.map(load, num_parallel_calls=tf.data.AUTOTUNE)
 
     def batched(self, indices, batch_size):
         # A mask looked up per element: comparing each element with every
@@ -161,10 +168,22 @@ class TfdsExamples:
                              f"Received: indices={list(indices)[:5]}...")
         return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
-    def pixels(self, config, *, training):
+    def pixels(self, config, *, training, shard=None):
         key = hashlib.sha256(
             f"{self.name}|{self.version}|{self.split}|{config.image_size}|"
-            f"{config.resize}|decode{pipeline.DECODE_VERSION}".encode()
-        ).hexdigest()[:20]
-        ds = self._decoded(with_index=False)
-        return pipeline.finish(ds, len(self), config, training=training, key=key)
+            f"{config.resize}|decode{pipeline.DECODE_VERSION}"
+            f"{shard_suffix(shard)}".encode()).hexdigest()[:20]
+        ds = self._decoded(with_index=False, shard=shard)
+        return pipeline.finish(ds, shard_size(len(self), shard), config,
+                               training=training, key=key)
+
+
+def shard_size(num_examples, shard):
+    """Examples of `num_examples` in `shard` (index, count), or all."""
+    return num_examples if shard is None else len(
+        range(shard[0], num_examples, shard[1]))
+
+
+def shard_suffix(shard):
+    """What a shard adds to a pixel cache's key ("" for the whole split)."""
+    return "" if shard is None else f"|shard{shard[0]}of{shard[1]}"

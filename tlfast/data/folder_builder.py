@@ -33,6 +33,7 @@ from tlfast import atomic
 from tlfast import locks
 from tlfast.config import DEFAULT_RESIZE
 from tlfast.data import chunk_decode
+from tlfast.data import examples as examples_lib
 from tlfast.data import pipeline
 from tlfast.data import scan as scan_lib
 from tlfast.data import sources
@@ -559,22 +560,24 @@ class PreparedExamples:
                                      tf.gather(mask, tf.maximum(e["index"], 0))))
         return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
-    def pixels(self, config, *, training):
-        """The cached, (shuffled,) batched pipeline of the whole split."""
+    def pixels(self, config, *, training, shard=None):
+        """The cached, (shuffled,) batched pipeline of the split (or shard)."""
+        count = examples_lib.shard_size(len(self), shard)
+        records = self.records(check_count=not self.service)
+        if shard is not None:
+            records = records.shard(shard[1], shard[0])
+        ds = decode_records(records, config.image_size, config.resize)
         if self.service:
             from tlfast.data import service
 
-            ds = service.distribute(decode_records(
-                self.records(check_count=False), config.image_size,
-                config.resize), self.service)
-            return service.finish_served(ds, len(self), config,
-                                         training=training)
+            return service.finish_served(service.distribute(ds, self.service),
+                                         count, config, training=training)
         key = hashlib.sha256(
             f"{DATASET_NAME}|{self.prepared.fingerprint}|{self.split}|"
             f"{config.image_size}|{config.resize}|"
-            f"decode{pipeline.DECODE_VERSION}".encode()).hexdigest()[:20]
-        ds = decode_records(self.records(), config.image_size, config.resize)
-        return pipeline.finish(ds, len(self), config, training=training, key=key)
+            f"decode{pipeline.DECODE_VERSION}"
+            f"{examples_lib.shard_suffix(shard)}".encode()).hexdigest()[:20]
+        return pipeline.finish(ds, count, config, training=training, key=key)
 
 
 def _decode_record(example, image_size, resize, keep=()):
