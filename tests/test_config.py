@@ -63,7 +63,6 @@ def test_library_constants_are_the_config_ones():
     ({"augment": "none", "augment_views": 2}, "augment_views > 0 needs"),
     ({"export": "keras,onnx"}, "Unknown export format 'onnx'"),
     ({"seed": 2**32}, r"seed must be an integer in \[0, 2\*\*32\)"),
-    ({"distribution": "multi_worker", "fine_tune_epochs": 1}, "72388"),
     ({"data_dir": None, "tfds_name": "tf_flowers", "export": "tflite_int8"},
      "tflite_int8 needs an image folder"),
     ({"data_dir": None, "tfds_name": "tf_flowers",
