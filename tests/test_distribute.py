@@ -4,7 +4,6 @@ import glob
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import textwrap
@@ -50,6 +49,18 @@ def test_multi_worker_needs_a_usable_tf_config(monkeypatch, tf_config, problem):
         monkeypatch.setenv("TF_CONFIG", tf_config)
     with pytest.raises(ValueError, match=problem):
         distribute.check_distribution("multi_worker")
+
+
+def test_local_cluster_names_every_worker_once(monkeypatch):
+    configs = distribute.local_cluster(3)
+    workers = json.loads(configs[0])["cluster"]["worker"]
+    assert len(set(workers)) == 3
+    for index, tf_config in enumerate(configs):
+        assert json.loads(tf_config) == {"cluster": {"worker": workers},
+                                         "task": {"type": "worker",
+                                                  "index": index}}
+        monkeypatch.setenv("TF_CONFIG", tf_config)
+        assert distribute.check_distribution("multi_worker") == "multi_worker"
 
 
 def test_tpu_without_a_tpu_is_a_clear_error(monkeypatch):
@@ -99,16 +110,6 @@ _WORKER = textwrap.dedent("""
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _free_ports(n):
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("localhost", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 def _shard_ids(cache_dir):
     ids = []
     for path in glob.glob(os.path.join(cache_dir, "features", "*", "shard-*.npz")):
@@ -122,11 +123,9 @@ def _two_workers(config):
     """Runs `config` as two local multi_worker processes: (metrics, logs)."""
     code = _WORKER.format(repo=REPO, tests=os.path.join(REPO, "tests"),
                           config=json.dumps(dataclasses.asdict(config)))
-    cluster = {"worker": [f"localhost:{p}" for p in _free_ports(2)]}
     procs = []
-    for index in range(2):
-        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TF_CONFIG=json.dumps(
-            {"cluster": cluster, "task": {"type": "worker", "index": index}}))
+    for tf_config in distribute.local_cluster(2):
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TF_CONFIG=tf_config)
         procs.append(subprocess.Popen(
             [sys.executable, "-c", code], env=env, text=True,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE))

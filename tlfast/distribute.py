@@ -111,6 +111,26 @@ def workers_of(strategy):
     return Workers(index, chiefs + len(cluster.get("worker", [])))
 
 
+def local_cluster(count):
+    """`TF_CONFIG` values for a `multi_worker` job of `count` processes on
+    this machine, one JSON string per worker (index 0 is the chief), on
+    loopback ports that are free now: for trying multi_worker on one host
+    (the tests and `benchmarks/multi_worker_check.py`)."""
+    import socket
+
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("localhost", 0))
+        workers = [f"localhost:{s.getsockname()[1]}" for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+    return [json.dumps({"cluster": {"worker": workers},
+                        "task": {"type": "worker", "index": index}})
+            for index in range(count)]
+
+
 def make_strategy(name):
     """The strategy for `name`, or None for "none".
 
