@@ -299,8 +299,29 @@ def test_a_file_gone_since_the_scan_is_left_out_of_the_records(tmp_path):
     root = make_folder(tmp_path / "d", {"a": 2, "b": 1})
     entries = sources.list_image_folder(root).splits["all"]
     os.remove(entries[1].path)
-    written = list(b.TlfastImageFolder._generate_examples(None, entries, 10**6))
+    written = list(b.TlfastImageFolder._generate_examples(None, entries, 10**6,
+                                                          {}))
     assert [key for key, _ in written] == [entries[0].relpath, entries[2].relpath]
+
+
+def test_records_hold_the_bytes_the_scan_checked(tmp_path):
+    from tlfast.data.image_folder import image_folder_dataset_builder as b
+
+    root = make_folder(tmp_path / "d", {"a": 3, "b": 2})
+    listed = sources.list_image_folder(root).splits["all"]
+    result = scan.scan_files(listed, keep_bytes=10**6)
+    assert set(result.images) == {e.path for e in listed}
+    checked = {p: f.data for p, f in result.images.items()}
+    ids = {e.path: sources.example_id(e) for e in listed}
+    for entry in listed:  # Replaced after the scan: the records keep what it saw.
+        write_image(entry.path, fmt="PNG")
+    written = dict(b.TlfastImageFolder._generate_examples(
+        None, result.usable, 10**6, dict(result.images)))
+    for entry in result.usable:
+        assert written[entry.relpath]["image"] == checked[entry.path]
+        assert written[entry.relpath]["id"] == ids[entry.path]
+    budget = len(checked[listed[0].path]) + 1  # Room for one file.
+    assert len(scan.scan_files(listed, keep_bytes=budget).images) <= 1
 
 
 def test_a_reader_marks_the_preparation_in_use_before_letting_go_of_it(

@@ -29,6 +29,7 @@ class PreparedFolder:
       scan_cached: How many scan verdicts came from the scan cache.
       test: `FileEntry`s of the folder's own test/ folder that passed the
         scan (empty without one).
+      images: The scan's `ScanResult.images` (bytes it read and checked).
     """
 
     root: str
@@ -39,12 +40,13 @@ class PreparedFolder:
     presplit: bool
     scan_cached: int = 0
     test: tuple = ()
+    images: dict = dataclasses.field(default_factory=dict, repr=False)
 
 
 def prepare_folder(data_dir, *, validation_split=0.2, seed=0, cache_dir=None,
                    strict=False, max_pixels=scan_lib.DEFAULT_MAX_PIXELS,
                    progress=None, skip_placeholders=True, follow_links=False,
-                   labels=None, listing=None):
+                   labels=None, listing=None, keep_bytes=0):
     """Lists, scans and splits an image folder.
 
     Args:
@@ -64,6 +66,7 @@ def prepare_folder(data_dir, *, validation_split=0.2, seed=0, cache_dir=None,
       labels: Optional `tlfast.data.labels_csv.LabelsCsv` (labels from a CSV).
       listing: The folder's `sources.ImageFolder` if already listed (made
         with the same `follow_links` and `labels`); None lists it.
+      keep_bytes: As for `scan.scan_files`.
 
     Returns:
       A `PreparedFolder`.
@@ -83,7 +86,8 @@ def prepare_folder(data_dir, *, validation_split=0.2, seed=0, cache_dir=None,
     result = scan_lib.scan_files(entries, root=folder.root, cache_dir=cache_dir,
                                  max_pixels=max_pixels, strict=strict,
                                  progress=progress,
-                                 skip_placeholders=skip_placeholders)
+                                 skip_placeholders=skip_placeholders,
+                                 keep_bytes=keep_bytes)
     usable = set(e.path for e in result.usable)
     skipped = tuple(folder.skipped) + tuple(result.skipped)
     if strict and folder.skipped:
@@ -113,7 +117,8 @@ def prepare_folder(data_dir, *, validation_split=0.2, seed=0, cache_dir=None,
                           tuple(validation), skipped, folder.presplit,
                           result.cached,
                           test=tuple(e for e in folder.splits.get("test", ())
-                                     if e.path in usable))
+                                     if e.path in usable),
+                          images=result.images)
 
 
 def _check_usable(folder, train, validation, skipped):

@@ -46,11 +46,14 @@ class ScanResult:
       usable: The `FileEntry`s that decode, in input order.
       skipped: `Skipped(path, reason)` for every file left out.
       cached: How many verdicts came from the scan cache.
+      images: Path -> `headers.ImageFile` of usable files as this scan read
+        and checked them, up to `scan_files`'s `keep_bytes` in all.
     """
 
     usable: tuple
     skipped: tuple
     cached: int = 0
+    images: dict = dataclasses.field(default_factory=dict, repr=False)
 
 
 class BadImagesError(ValueError):
@@ -186,14 +189,15 @@ def _chunk_stats(data, is_jpeg):
 
 
 def _judge_chunk(chunk, max_pixels, skip_placeholders):
-    """[(path, reason, [size, mtime_ns] or None)] of a chunk of paths: read,
-    then decoded in one call. The stat is of the file that was read (None
-    where it could not be)."""
+    """[(path, reason, [size, mtime_ns] or None, ImageFile or None)] of a
+    chunk of paths: read, then decoded in one call. The stat and the
+    `headers.ImageFile` are of the file that was read (None where it could
+    not be)."""
     out, read = [], []
     for path in chunk:
         reason, image_file = _read_checked(path, max_pixels)
         if reason:
-            out.append((path, reason, None))
+            out.append((path, reason, None, None))
         else:
             read.append((path, image_file))
     if not read:
@@ -203,19 +207,19 @@ def _judge_chunk(chunk, max_pixels, skip_placeholders):
                              tf.constant([f.format == "jpeg" for _, f in read]))
     except (tf.errors.InvalidArgumentError, tf.errors.ResourceExhaustedError):
         return out + [(path, check_image(path, max_pixels, skip_placeholders)[0],
-                       [f.size, f.mtime_ns]) for path, f in read]
+                       [f.size, f.mtime_ns], f) for path, f in read]
     for (path, f), (height, width, colours, top, total) in zip(
             read, zip(*(s.numpy() for s in stats))):
         reason = _size_reason(int(height), int(width), max_pixels)
         if reason is None and skip_placeholders:
             reason = _placeholder_text(int(colours), top / total)
-        out.append((path, reason, [f.size, f.mtime_ns]))
+        out.append((path, reason, [f.size, f.mtime_ns], f))
     return out
 
 
 def _verdicts(paths, max_pixels, skip_placeholders):
-    """Yields (path, reason or None, stat or None) for `paths`, chunk by
-    chunk, in order (see `_judge_chunk`).
+    """Yields (path, reason or None, stat or None, ImageFile or None) for
+    `paths`, chunk by chunk, in order (see `_judge_chunk`).
 
     Each chunk of files is read through the guard, then decoded and judged
     by one traced call (`_chunk_stats`), chunks in a thread per core. A
@@ -246,7 +250,8 @@ def _stat_key(path):
 
 
 def scan_files(entries, *, root=None, cache_dir=None, max_pixels=DEFAULT_MAX_PIXELS,
-               skip_placeholders=True, strict=False, progress=None):
+               skip_placeholders=True, strict=False, progress=None,
+               keep_bytes=0):
     """Checks every file by decoding it, in parallel.
 
     Args:
@@ -258,6 +263,8 @@ def scan_files(entries, *, root=None, cache_dir=None, max_pixels=DEFAULT_MAX_PIX
       strict: Raise `BadImagesError` listing every bad file instead of
         skipping them.
       progress: Optional callable(done, total) over the files not cached.
+      keep_bytes: Keep the bytes of usable files this scan reads, up to this
+        many in all (`ScanResult.images`), for a caller that stores them.
 
     Returns:
       A `ScanResult`.
@@ -297,9 +304,14 @@ def scan_files(entries, *, root=None, cache_dir=None, max_pixels=DEFAULT_MAX_PIX
         unsaved.clear()
 
     last_save = time.monotonic()
-    for done, (path, reason, stat) in enumerate(
+    images, kept = {}, 0
+    for done, (path, reason, stat, image_file) in enumerate(
             _verdicts(todo, max_pixels, skip_placeholders), 1):
         verdicts[path] = reason
+        if (reason is None and image_file
+                and kept + len(image_file.data) <= keep_bytes):
+            images[path] = image_file
+            kept += len(image_file.data)
         try:
             stats[path] = stat or _stat_key(path)
             unsaved.append(path)
@@ -326,4 +338,4 @@ def scan_files(entries, *, root=None, cache_dir=None, max_pixels=DEFAULT_MAX_PIX
             skipped.append(Skipped(entry.path, reason))
     if strict and skipped:
         raise BadImagesError(skipped)
-    return ScanResult(tuple(usable), tuple(skipped), cached)
+    return ScanResult(tuple(usable), tuple(skipped), cached, images)
