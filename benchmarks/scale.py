@@ -95,7 +95,9 @@ def measure(n):
     metrics = json.load(open(os.path.join(run, "metrics.json")))
     images = metrics["num_train"] + metrics["num_val"]
     per_image = {k: round(v / images * 1e6) for k, v in metrics["timings_s"].items()}
-    rows = [{"n": n, "job": "tlfast", "images": images, "peak_rss_mb": peak,
+    rows = [{"n": n, "job": "tlfast", **({"extra": FLAGS.extra} if FLAGS.extra
+                                          else {}),
+             "images": images, "peak_rss_mb": peak,
              "wall_s": round(wall, 1), "us_per_image": per_image,
              "total_us_per_image": round(wall / images * 1e6)}]
     out, peak, wall = _timed([sys.executable, "-c", _BASELINE, folder,

@@ -421,7 +421,7 @@ def train_head(head, train, validation=None, config=HeadConfig(), callbacks=(),
     callback_list.on_train_begin()
     for epoch in range(config.epochs):
         callback_list.on_epoch_begin(epoch)
-        order = rng.permutation(len(y))
+        order = rng.permutation(np.arange(len(y), dtype=np.int32))
         if run_epoch:
             logs = run_epoch(order)
         else:

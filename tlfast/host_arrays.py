@@ -1,4 +1,5 @@
-"""Host arrays that TensorFlow reads without copying them.
+"""Host memory: arrays TensorFlow reads without copying them, and freed
+memory given back between phases.
 
 The head trains on every cached feature at once. `tf.convert_to_tensor` of
 a NumPy array copies it: at 160k training images, three views of 256
@@ -9,6 +10,9 @@ CPU kernels require (64 bytes: an unaligned one aborts the process in
 `Tensor::CheckAligned`), which NumPy does not promise. `zeros` allocates
 such a buffer; `as_tensor` wraps it, or copies anything else.
 """
+
+import ctypes
+import ctypes.util
 
 import numpy as np
 
@@ -43,3 +47,24 @@ def as_tensor(array):
     if is_aligned(array) and array.dtype != object:
         return tf.experimental.dlpack.from_dlpack(array.__dlpack__())
     return tf.convert_to_tensor(array)
+
+
+def release_freed_memory():
+    """Gives the C heap's freed pages back to the OS, where glibc can.
+
+    TensorFlow's CPU tensors come from malloc; what a phase frees stays in
+    the process (glibc keeps freed chunks below its adaptive mmap threshold,
+    up to 32 MB, in its arenas), so the next phase's peak RSS counts the
+    last phase's temporaries too. Measured at 200k 32-px images: extracting
+    2 augmented views left ~20 MB of freed batch buffers behind, on top of
+    the views' 156 MiB. Returns whether `malloc_trim` was called.
+    """
+    name = ctypes.util.find_library("c")
+    try:
+        trim = ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):
+        trim = None
+    if trim is None:
+        return False
+    trim(0)
+    return True

@@ -24,6 +24,7 @@ from tlfast import config as config_lib
 from tlfast import distribute
 from tlfast import extraction
 from tlfast import head as head_lib
+from tlfast import host_arrays
 from tlfast import layer_rates
 from tlfast import model as model_lib
 from tlfast import progress
@@ -308,7 +309,8 @@ def _train_head(run, folder, data, extracted, timings, callbacks):
     # whether the images came from loose files or prepared TFDS records.
     # Every view's rows index the views as stored (no copy of them).
     order = np.argsort(np.asarray(train.ids, dtype=object), kind="stable")
-    rows = (np.arange(len(views))[:, None] * len(train) + order).ravel()
+    rows = (np.arange(len(views), dtype=np.int32)[:, None] * len(train)
+            + order.astype(np.int32)).ravel()
     train_x = views.reshape(-1, views.shape[-1])
     train_y = np.tile(train.labels[order], len(views))
     num_classes, matrix = len(data.outputs), data.label_matrix
@@ -345,6 +347,9 @@ def _train(run, folder, strategy, start, key, listing):
     check_free_space(run.cache_dir, estimate_cache_bytes(data, run))
     extracted = extraction.extract_all(data.train, data.validation,
                                        backbone_model, run, timings, strategy)
+    # Extraction's freed batches would otherwise still count in the head's
+    # peak (see `host_arrays.release_freed_memory`).
+    host_arrays.release_freed_memory()
     _log_augmentation(run, len(data.train), extracted, timings)
     tensorboard = keras.callbacks.TensorBoard(folder.file("logs"),
                                               write_graph=False)
