@@ -26,7 +26,7 @@ from tlfast.progress import Phase
 log = logging.getLogger("tlfast")
 
 
-def extraction_sizes(batch_size, image_size, shard_size, augmented=False):
+def extraction_sizes(batch_size, image_size, shard_size):
     """(images a backbone call takes, images a chunk decodes) in extraction.
 
     A call takes about as many pixels as `batch_size` images of 224 px: at
@@ -35,26 +35,17 @@ def extraction_sizes(batch_size, image_size, shard_size, augmented=False):
     4.3 s of an 8 s extraction. A chunk is a feature shard, or up to
     `_CHUNK_SHARDS` of them for small images (at most a shard of 224-px
     images' pixels decoded at once): 20k 32-px images go through the model
-    in 0.72 s in calls of 1,024, 0.92 in calls of 512. An augmented view's
-    call holds a few float32 copies of its batch (one per augmentation
-    op), so it takes at most `_AUGMENT_BATCH_BYTES` of them: at 1,568
-    32-px images a call, 2 views left ~20 MB more at the peak.
+    in 0.72 s in calls of 1,024, 0.92 in calls of 512.
     """
     scale = (224 / image_size) ** 2
     chunk = max(shard_size, min(_CHUNK_SHARDS * shard_size,
                                 int(shard_size * scale)))
     batch = max(batch_size, min(chunk, int(batch_size * scale)))
-    if augmented:
-        batch = min(batch, max(batch_size, _AUGMENT_BATCH_BYTES
-                               // (image_size ** 2 * 3 * 4)))
     return batch, chunk
 
 
 # Most shards a chunk holds decoded (4 x 512 images of 112 px: 77 MB).
 _CHUNK_SHARDS = 4
-# Float32 pixels an augmented view's backbone call takes at most (above
-# `batch_size` images).
-_AUGMENT_BATCH_BYTES = 4 * 2**20
 
 
 def _extract(examples, feature_model, key, config, phase, workers, strategy,
@@ -77,8 +68,7 @@ def _extract(examples, feature_model, key, config, phase, workers, strategy,
         phase.update(offset + done)
 
     batch_size, chunk_size = extraction_sizes(
-        config.batch_size, examples.image_size, config.feature_shard_size,
-        augmented=bool(key.view))
+        config.batch_size, examples.image_size, config.feature_shard_size)
 
     def make_dataset(indices):
         return examples.batched(indices, batch_size)
