@@ -27,6 +27,7 @@ from absl import flags
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+import rows as result_rows  # noqa: E402
 from tlfast import distribute  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -113,10 +114,7 @@ def main(argv):
            "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"],
                                     capture_output=True, text=True,
                                     cwd=ROOT).stdout.strip()}
-    print(json.dumps(row), flush=True)
-    os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
-    with open(FLAGS.out, "a", encoding="utf-8") as f:
-        f.write(json.dumps(row) + "\n")
+    result_rows.append(FLAGS.out, row)
     return 0
 
 

@@ -22,13 +22,14 @@ Each row has val_accuracy, the stages (head / fine_tune accuracy and best
 epoch), per-class recall, augment_views and timings_s.
 """
 
-import json
 import os
 import sys
 import time
 
 from absl import app
 from absl import flags
+
+import rows as result_rows
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -181,11 +182,7 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     os.makedirs(FLAGS.work_dir, exist_ok=True)
     for name, data_dir, overrides in _plan():
-        row = _train(name, data_dir, **overrides)
-        print(json.dumps(row), flush=True)
-        os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
-        with open(FLAGS.out, "a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
+        result_rows.append(FLAGS.out, _train(name, data_dir, **overrides))
     return 0
 
 

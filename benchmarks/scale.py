@@ -29,6 +29,8 @@ from absl import flags
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
+import rows as result_rows  # noqa: E402
+
 FLAGS = flags.FLAGS
 flags.DEFINE_list("sizes", ["20000"], "Folder sizes N.")
 flags.DEFINE_integer("image_side", 48, "Side of the JPEGs.")
@@ -143,10 +145,7 @@ def main(argv):
             row["commit"] = subprocess.run(
                 ["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                 text=True, cwd=ROOT).stdout.strip()
-            print(json.dumps(row), flush=True)
-            os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
-            with open(FLAGS.out, "a", encoding="utf-8") as f:
-                f.write(json.dumps(row) + "\n")
+            result_rows.append(FLAGS.out, row)
             rows.append(row)
     if FLAGS.plot:
         plot(rows, FLAGS.plot)
