@@ -13,6 +13,7 @@ such a buffer; `as_tensor` wraps it, or copies anything else.
 
 import ctypes
 import ctypes.util
+import mmap
 
 import numpy as np
 
@@ -23,14 +24,19 @@ ALIGNMENT = 64
 def zeros(shape, dtype):
     """A zero-filled C-contiguous array whose data is `ALIGNMENT`-aligned.
 
-    Pages are only touched when written (as `np.zeros`), so a view that is
-    never filled costs no memory.
+    Fresh anonymous pages (page-aligned), touched only when written, so
+    memory grows as the array fills. `np.zeros` (calloc) may instead carve
+    the array out of the heap's free top, dirty from an earlier phase, and
+    clear it all at once: at 200k images the 3 views' 234 MiB array came
+    out ~150 MiB resident before a feature was written.
     """
     dtype = np.dtype(dtype)
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    raw = np.zeros(nbytes + ALIGNMENT, np.uint8)
-    start = -raw.ctypes.data % ALIGNMENT
-    return raw[start:start + nbytes].view(dtype).reshape(shape)
+    if nbytes == 0:
+        return np.zeros(shape, dtype)
+    pages = mmap.mmap(-1, nbytes)  # Anonymous: zeros, read-write.
+    return np.frombuffer(pages, dtype, count=nbytes // dtype.itemsize).reshape(
+        shape)
 
 
 def is_aligned(array):
