@@ -31,11 +31,8 @@ import rows as result_rows  # noqa: E402
 from tlfast import distribute  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("assets", os.path.join(os.path.dirname(ROOT), "shared",
-                                           "assets"), "The shared assets.")
-flags.DEFINE_string("out", os.path.join(ROOT, "benchmarks", "results",
-                                        "multi_worker_check.jsonl"), "JSON lines.")
-flags.DEFINE_string("work_dir", "/tmp/tlfast-multi-worker", "Caches and outputs.")
+result_rows.define_asset_flags("multi_worker_check.jsonl",
+                               "/tmp/tlfast-multi-worker")
 flags.DEFINE_integer("fine_tune_epochs", 2, "Fine-tuning epochs.")
 flags.DEFINE_integer("workers", 2, "Worker processes.")
 
@@ -111,9 +108,7 @@ def main(argv):
            "workers": FLAGS.workers, "single": single, "multi_worker": multi,
            "difference": round(abs(single["val_accuracy"]
                                    - multi["val_accuracy"]), 4),
-           "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"],
-                                    capture_output=True, text=True,
-                                    cwd=ROOT).stdout.strip()}
+           "commit": result_rows.git_commit()}
     result_rows.append(FLAGS.out, row)
     return 0
 

@@ -31,15 +31,11 @@ from absl import flags
 
 import rows as result_rows
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = result_rows.ROOT
 sys.path.insert(0, ROOT)
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("assets", os.path.join(os.path.dirname(ROOT), "shared",
-                                           "assets"), "The shared assets.")
-flags.DEFINE_string("out", os.path.join(ROOT, "benchmarks", "results",
-                                        "recipe_check.jsonl"), "JSON lines.")
-flags.DEFINE_string("work_dir", "/tmp/tlfast-recipe", "Caches and outputs.")
+result_rows.define_asset_flags("recipe_check.jsonl", "/tmp/tlfast-recipe")
 flags.DEFINE_list("runs", ["defaults", "epochs3", "fine_tune", "imbalanced"],
                   "Which runs.")
 flags.DEFINE_integer("fine_tune_epochs", 10, "Fine-tuning epochs.")

@@ -56,7 +56,6 @@ import gc
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 
@@ -79,6 +78,7 @@ from tlfast.precision import resolve_precision  # noqa: E402
 import inputs  # noqa: E402
 import models  # noqa: E402
 import recipes  # noqa: E402
+import rows as result_rows  # noqa: E402
 from jobs import Job  # noqa: E402
 from jobs import Settings  # noqa: E402
 from report import ALL_MODES  # noqa: E402
@@ -141,15 +141,6 @@ MODES = {**models.MODES, **recipes.MODES, **inputs.INPUT_MODES}
 # ------------------------------------------------------------------- running
 
 
-def _git_commit():
-    try:
-        done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                              capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return ""
-    return done.stdout.strip() if done.returncode == 0 else ""
-
-
 def _device():
     if keras.backend.backend() == "jax":
         import jax
@@ -182,7 +173,7 @@ def environment():
         "jax": jax_version,
         "tlfast": tlfast.__version__,
         "python": platform.python_version(),
-        "git_commit": _git_commit(),
+        "git_commit": result_rows.git_commit(),
     }
 
 

@@ -142,9 +142,7 @@ def main(argv):
     rows = []
     for n in (int(s) for s in FLAGS.sizes):
         for row in measure(n):
-            row["commit"] = subprocess.run(
-                ["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                text=True, cwd=ROOT).stdout.strip()
+            row["commit"] = result_rows.git_commit()
             result_rows.append(FLAGS.out, row)
             rows.append(row)
     if FLAGS.plot:
