@@ -545,3 +545,42 @@ def test_chunks_of_several_shards_cache_every_shard(tmp_path):
         ids, make_dataset, Mean(), cache, shard_size=3, overlap=False)
     assert stats.cached == 10 and len(calls) == 2
     np.testing.assert_array_equal(again, got)
+
+
+def test_stats_name_the_shards_that_hold_the_ids(tmp_path):
+    # The shards that served rows plus those written now; not a shard of
+    # other ids in the same folder.
+    images = np.arange(8, dtype=np.uint8)[:, None, None, None] * np.ones(
+        (1, 4, 4, 3), np.uint8)
+    ids = [f"x{i}" for i in range(8)]
+
+    def make_dataset(indices):
+        return tf.data.Dataset.from_tensor_slices(
+            {"image": images[indices]}).batch(4)
+
+    class Mean:
+        def predict_on_batch(self, x):
+            return np.asarray(x, np.float32).mean(axis=(1, 2))
+
+    cache = ft.FeatureCache(str(tmp_path), _key())
+    _, first = ft.extract_features(ids[:6], make_dataset, Mean(), cache,
+                                   shard_size=3, overlap=False)
+    old = {name for name, _, _ in first.shards}
+    assert len(old) == 2
+
+    def make_subset(indices):
+        return make_dataset([i + 3 for i in indices])
+
+    got, stats = ft.extract_features(ids[3:], make_subset, Mean(), cache,
+                                     shard_size=3, overlap=False)
+    np.testing.assert_allclose(got[:, 0], np.arange(3, 8))
+    names = [name for name, _, _ in stats.shards]
+    on_disk = set(os.listdir(cache.path))
+    new = {n for n in on_disk if n.startswith("shard-")} - old
+    holding_x3 = [n for n in old
+                  if "x3" in np.load(os.path.join(cache.path, n))["ids"]]
+    assert stats.cached == 3 and stats.forwarded == 2
+    assert names == sorted(set(holding_x3) | new) and len(names) == 2
+    for name, size, mtime_ns in stats.shards:
+        st = os.stat(os.path.join(cache.path, name))
+        assert (size, mtime_ns) == (st.st_size, st.st_mtime_ns)
