@@ -50,14 +50,14 @@ _CHUNK_SHARDS = 4
 
 
 def _extract(examples, feature_model, key, config, phase, workers, strategy,
-             out=None):
+             out):
     """Cached features of `examples` (see `tlfast.data.examples`), one view.
 
     With several workers each forwards its part into the shared cache; after
     a barrier every worker reads the whole of it.
 
     Returns:
-      (features [N, D]: `out` if given, else float32; ExtractStats with
+      (features [N, D]: `out`, filled; ExtractStats with
       `forwarded` summed over the workers).
     """
     cache = features_lib.FeatureCache(os.path.expanduser(config.cache_dir), key,
@@ -101,7 +101,8 @@ class Extracted:
     """What `extract_all` gives the run.
 
     Attributes:
-      validation: float32 features [num_val, D], in validation order.
+      validation: Features [num_val, D] of the cache's dtype, in validation
+        order, a `host_arrays` array.
       train_views: [views + 1, num_train, D] of the cache's dtype (view 0:
         plain), a `host_arrays` array that TensorFlow reads in place.
       status: "hit", "miss" or "partial" over all the sets.
@@ -165,9 +166,11 @@ def extract_all(train, validation, backbone_model, run, timings, strategy=None):
         # Every training view in one array of the stored dtype: the head
         # reads it in place (float16 at 160k images, 2 added views of 256
         # dims: 164 MB more at the peak, where float32 copies cost ~1 GB).
-        train_views = host_arrays.zeros(
-            (run.views + 1, len(train), clean.output_shape[-1]),
-            run.config.feature_dtype)
+        # Validation likewise: at 40k images its float32 copy and that
+        # copy's tensor in the head were 78 MiB, now 20.
+        dim, dtype = clean.output_shape[-1], run.config.feature_dtype
+        train_views = host_arrays.zeros((run.views + 1, len(train), dim), dtype)
+        validation_x = host_arrays.zeros((len(validation), dim), dtype)
         views_seconds = 0.0
         for examples, key, augmentation in jobs:
             feature_model = clean if augmentation is None else (
@@ -177,7 +180,7 @@ def extract_all(train, validation, backbone_model, run, timings, strategy=None):
             offset = phase.done
             feats, stat = _extract(
                 examples, feature_model, key, run.config, phase, workers,
-                strategy, None if examples is validation else
+                strategy, validation_x if examples is validation else
                 train_views[key.view])
             phase.update(offset + len(examples), force=True)
             results.append(feats)

@@ -153,11 +153,16 @@ def _epoch_on_batches(head, x, y, rows, order, batch_size, class_weights=None):
     return {"loss": out["loss"], "accuracy": out["accuracy"]}
 
 
+def _chunk(features, start, size):
+    """float32 rows [start, start + size) of features of any float dtype."""
+    return np.asarray(features[start:start + size], np.float32)
+
+
 def _evaluate(head, x, y, batch_size=_EVAL_CHUNK):
     """(loss, accuracy) over arrays, in few large batches."""
     with _epoch_metrics(head):
         for start in range(0, len(x), batch_size):
-            out = head.test_on_batch(x[start:start + batch_size],
+            out = head.test_on_batch(_chunk(x, start, batch_size),
                                      y[start:start + batch_size],
                                      return_dict=True)
     return out["loss"], out["accuracy"]
@@ -171,10 +176,10 @@ def predict_head(head, features, batch_size=_EVAL_CHUNK):
 
     Args:
       head: From `build_head`.
-      features: float [N, feature_dim].
+      features: float [N, feature_dim] (float16 ones cast a chunk at a time).
       batch_size: Rows per call (bounds memory).
     """
-    chunks = [keras.ops.convert_to_numpy(head(features[i:i + batch_size],
+    chunks = [keras.ops.convert_to_numpy(head(_chunk(features, i, batch_size),
                                               training=False))
               for i in range(0, len(features), batch_size)]
     if not chunks:
@@ -251,7 +256,8 @@ def _compiled_epochs(head, x, y, rows, validation, batch_size,
         # In chunks, as `_evaluate`: probabilities of a large set times many
         # classes would not fit at once; the size-weighted sums of the
         # chunks' mean losses give the loss of the whole set.
-        xb, yb = vx[start:start + _EVAL_CHUNK], vy[start:start + _EVAL_CHUNK]
+        xb = tf.cast(vx[start:start + _EVAL_CHUNK], tf.float32)
+        yb = vy[start:start + _EVAL_CHUNK]
         probs = head(xb, training=False)
         loss = head.compute_loss(x=xb, y=yb, y_pred=probs, training=False)
         size = tf.cast(tf.shape(yb)[0], tf.float32)
@@ -286,7 +292,8 @@ def _compiled_epochs(head, x, y, rows, validation, batch_size,
               tf.convert_to_tensor(rows)]
     if validation is not None:
         names += ["val_loss", "val_accuracy"]
-        arrays += [tf.convert_to_tensor(v) for v in validation]
+        arrays += [host_arrays.as_tensor(validation[0]),
+                   tf.convert_to_tensor(validation[1])]
 
     def run(order):
         values = epoch(*arrays[:3], tf.constant(order, tf.int32),
@@ -311,11 +318,15 @@ def _check_examples(name, x, y, rows=None):
             f"{rows.min()} to {rows.max()}")
 
 
+def _features(x):
+    """float16/float32 features as they are (no copy), others as float32."""
+    x = np.asarray(x)
+    return x if x.dtype in (np.float16, np.float32) else x.astype(np.float32)
+
+
 def _training_examples(train, rows):
     """(features [N, D] float16/32, labels int32 [M], rows int32 [M])."""
-    x = np.asarray(train[0])
-    if x.dtype not in (np.float16, np.float32):
-        x = x.astype(np.float32)
+    x = _features(train[0])
     y = np.asarray(train[1], np.int32)
     rows = (np.arange(len(x), dtype=np.int32) if rows is None
             else np.asarray(rows, np.int32))
@@ -375,7 +386,8 @@ def train_head(head, train, validation=None, config=HeadConfig(), callbacks=(),
         they are (no float32 copy; aligned ones in place, see
         `tlfast.host_arrays`).
       validation: Optional (features, labels) for validation and early
-        stopping (on validation loss, best weights restored).
+        stopping (on validation loss, best weights restored); the features
+        used as the training ones are.
       config: A `HeadConfig`; `seed` also seeds the shuffling.
       callbacks: Extra Keras callbacks (progress, TensorBoard). Only their
         train and epoch hooks run, with the epoch logs; no batch hooks.
@@ -403,7 +415,7 @@ def train_head(head, train, validation=None, config=HeadConfig(), callbacks=(),
             restore_best_weights=True))
     x, y, rows = _training_examples(train, rows)
     if validation is not None:
-        vx = np.asarray(validation[0], np.float32)
+        vx = _features(validation[0])
         vy = np.asarray(validation[1], np.int32)
         _check_examples("validation", vx, vy)
     batch_size = step_batch_size(len(y), config.batch_size, config.epochs)
