@@ -519,30 +519,41 @@ def test_an_unreadable_manifest_deletes_nothing(tmp_path, backbone, monkeypatch,
     assert _shards(tmp_path) == shards
 
 
-def test_chunks_of_several_shards_cache_every_shard(tmp_path):
-    ids = [f"x{i}" for i in range(10)]
-    images = np.arange(10, dtype=np.uint8)[:, None, None, None] * np.ones(
+class _Mean:
+    """A backbone whose feature of image i (all pixels i) is [i, i, i]."""
+
+    def predict_on_batch(self, x):
+        return np.asarray(x, np.float32).mean(axis=(1, 2))
+
+
+def _numbered(n, calls=None, offset=0):
+    """make_dataset over n 4-px images, image i all pixels i; logs calls."""
+    images = np.arange(n, dtype=np.uint8)[:, None, None, None] * np.ones(
         (1, 4, 4, 3), np.uint8)
-    calls = []
 
     def make_dataset(indices):
-        calls.append(list(indices))
+        if calls is not None:
+            calls.append(list(indices))
         return tf.data.Dataset.from_tensor_slices(
-            {"image": images[indices]}).batch(4)
+            {"image": images[[i + offset for i in indices]]}).batch(4)
 
-    class Mean:
-        def predict_on_batch(self, x):
-            return np.asarray(x, np.float32).mean(axis=(1, 2))
+    return make_dataset
+
+
+def test_chunks_of_several_shards_cache_every_shard(tmp_path):
+    ids = [f"x{i}" for i in range(10)]
+    calls = []
+    make_dataset = _numbered(10, calls)
 
     cache = ft.FeatureCache(str(tmp_path), _key())
     got, stats = ft.extract_features(
-        ids, make_dataset, Mean(), cache, shard_size=3, chunk_size=6,
+        ids, make_dataset, _Mean(), cache, shard_size=3, chunk_size=6,
         overlap=False)
     assert calls == [[0, 1, 2, 3, 4, 5], [6, 7, 8, 9]]
     np.testing.assert_allclose(got[:, 0], np.arange(10))
     assert len(stats.shards) == 4  # Shards of 3, 3, 3, 1.
     again, stats = ft.extract_features(
-        ids, make_dataset, Mean(), cache, shard_size=3, overlap=False)
+        ids, make_dataset, _Mean(), cache, shard_size=3, overlap=False)
     assert stats.cached == 10 and len(calls) == 2
     np.testing.assert_array_equal(again, got)
 
@@ -550,29 +561,14 @@ def test_chunks_of_several_shards_cache_every_shard(tmp_path):
 def test_stats_name_the_shards_that_hold_the_ids(tmp_path):
     # The shards that served rows plus those written now; not a shard of
     # other ids in the same folder.
-    images = np.arange(8, dtype=np.uint8)[:, None, None, None] * np.ones(
-        (1, 4, 4, 3), np.uint8)
     ids = [f"x{i}" for i in range(8)]
-
-    def make_dataset(indices):
-        return tf.data.Dataset.from_tensor_slices(
-            {"image": images[indices]}).batch(4)
-
-    class Mean:
-        def predict_on_batch(self, x):
-            return np.asarray(x, np.float32).mean(axis=(1, 2))
-
     cache = ft.FeatureCache(str(tmp_path), _key())
-    _, first = ft.extract_features(ids[:6], make_dataset, Mean(), cache,
+    _, first = ft.extract_features(ids[:6], _numbered(8), _Mean(), cache,
                                    shard_size=3, overlap=False)
     old = {name for name, _, _ in first.shards}
     assert len(old) == 2
-
-    def make_subset(indices):
-        return make_dataset([i + 3 for i in indices])
-
-    got, stats = ft.extract_features(ids[3:], make_subset, Mean(), cache,
-                                     shard_size=3, overlap=False)
+    got, stats = ft.extract_features(ids[3:], _numbered(8, offset=3), _Mean(),
+                                     cache, shard_size=3, overlap=False)
     np.testing.assert_allclose(got[:, 0], np.arange(3, 8))
     names = [name for name, _, _ in stats.shards]
     on_disk = set(os.listdir(cache.path))
