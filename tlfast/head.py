@@ -9,6 +9,7 @@ import contextlib
 import keras
 import numpy as np
 
+from tlfast import epoch_loop
 from tlfast import host_arrays
 from tlfast.config import HeadConfig
 
@@ -425,29 +426,20 @@ def train_head(head, train, validation=None, config=HeadConfig(), callbacks=(),
         head, x, y, rows, None if validation is None else (vx, vy),
         batch_size, class_weights, label_matrix)
     rng = np.random.default_rng(config.seed)
-    history = _History()
-    callback_list = keras.callbacks.CallbackList(
-        callbacks, model=head, epochs=config.epochs, verbose=0,
-        steps=-(-len(y) // batch_size))
-    head.stop_training = False
-    callback_list.on_train_begin()
-    for epoch in range(config.epochs):
-        callback_list.on_epoch_begin(epoch)
+
+    def epoch_logs(epoch):
         order = rng.permutation(np.arange(len(y), dtype=np.int32))
         if run_epoch:
-            logs = run_epoch(order)
-        else:
-            logs = _epoch_on_batches(head, x, y, rows, order, batch_size,
-                                     class_weights)
-            if validation is not None:
-                logs["val_loss"], logs["val_accuracy"] = _evaluate(head, vx, vy)
-            logs = {k: float(v) for k, v in logs.items()}
-        for k, v in logs.items():
-            history.history.setdefault(k, []).append(v)
-        callback_list.on_epoch_end(epoch, logs)
-        if head.stop_training:
-            break
-    callback_list.on_train_end()
+            return run_epoch(order)
+        logs = _epoch_on_batches(head, x, y, rows, order, batch_size,
+                                 class_weights)
+        if validation is not None:
+            logs["val_loss"], logs["val_accuracy"] = _evaluate(head, vx, vy)
+        return logs
+
+    history = _History()
+    history.history = epoch_loop.run_epochs(
+        head, callbacks, config.epochs, -(-len(y) // batch_size), epoch_logs)
     return history
 
 

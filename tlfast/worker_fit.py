@@ -28,11 +28,11 @@ the variables stay plain per-worker variables, which Keras' optimizers and
 callbacks handle as in one process.
 """
 
-import keras
 import numpy as np
 import tensorflow as tf
 
 from tlfast import distribute
+from tlfast import epoch_loop
 from tlfast import head as head_lib
 
 
@@ -133,14 +133,8 @@ def fit_across_workers(model, strategy, workers, train_ds, val_ds, *,
     step = _train_step(model, strategy, class_weights, label_matrix)
     evaluate = _evaluation(model, label_matrix)
     batches = iter(train_ds.repeat())
-    history = {}
-    callback_list = keras.callbacks.CallbackList(
-        list(callbacks), model=model, epochs=epochs, verbose=0,
-        steps=steps_per_epoch)
-    model.stop_training = False
-    callback_list.on_train_begin()
-    for epoch in range(epochs):
-        callback_list.on_epoch_begin(epoch)
+
+    def epoch_logs(epoch):
         train = np.zeros(3)
         for _ in range(steps_per_epoch):
             batch = next(batches)
@@ -148,12 +142,8 @@ def fit_across_workers(model, strategy, workers, train_ds, val_ds, *,
         local = sum((evaluate(b["image"], b["label"]).numpy() for b in val_ds),
                     np.zeros(3))
         val = distribute.all_sum(strategy, local)
-        logs = {"loss": train[0] / train[2], "accuracy": train[1] / train[2],
+        return {"loss": train[0] / train[2], "accuracy": train[1] / train[2],
                 "val_loss": val[0] / val[2], "val_accuracy": val[1] / val[2]}
-        for key, value in logs.items():
-            history.setdefault(key, []).append(float(value))
-        callback_list.on_epoch_end(epoch, {k: float(v) for k, v in logs.items()})
-        if model.stop_training:
-            break
-    callback_list.on_train_end()
-    return history
+
+    return epoch_loop.run_epochs(model, callbacks, epochs, steps_per_epoch,
+                                 epoch_logs)
