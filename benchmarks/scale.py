@@ -142,6 +142,8 @@ def main(argv):
     rows = []
     for n in (int(s) for s in FLAGS.sizes):
         for row in measure(n):
+            # Rows without them (before session 9) are of 48-px JPEGs at 32 px.
+            row.update(image_side=FLAGS.image_side, image_size=FLAGS.image_size)
             row["commit"] = result_rows.git_commit()
             result_rows.append(FLAGS.out, row)
             rows.append(row)
