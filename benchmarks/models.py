@@ -12,6 +12,7 @@ import time
 import numpy as np
 
 from tlfast import backbones
+from tlfast import feature_pass
 from tlfast import features as features_lib
 from tlfast import head as head_lib
 from tlfast import model as model_lib
@@ -95,7 +96,7 @@ def _extract_once(job, model, count, cache_dir):
 
     timer = _StepTimer(model)
     start = time.perf_counter()
-    _, stats = features_lib.extract_features(source.ids[:count], make_dataset,
+    _, stats = feature_pass.extract_features(source.ids[:count], make_dataset,
                                              timer, cache, shard_size=_SHARD)
     seconds = time.perf_counter() - start
     if stats.forwarded != count:

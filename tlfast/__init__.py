@@ -45,7 +45,7 @@ _API = {
     "run_export": "tlfast.export",
     "FeatureCache": "tlfast.features",
     "FeatureKey": "tlfast.features",
-    "extract_features": "tlfast.features",
+    "extract_features": "tlfast.feature_pass",
     "build_head": "tlfast.head",
     "train_head": "tlfast.head",
     "build_classifier": "tlfast.model",

@@ -17,6 +17,7 @@ import tensorflow as tf
 
 from tlfast import backbones
 from tlfast import distribute
+from tlfast import feature_pass
 from tlfast import features as features_lib
 from tlfast import host_arrays
 from tlfast import model as model_lib
@@ -75,7 +76,7 @@ def _extract(examples, feature_model, key, config, phase, workers, strategy,
         return examples.batched(indices, batch_size)
 
     def extract(part=None):
-        return features_lib.extract_features(
+        return feature_pass.extract_features(
             ids, make_dataset, feature_model, cache,
             shard_size=config.feature_shard_size, progress=progress, part=part,
             chunk_size=chunk_size, out=out)

@@ -7,7 +7,7 @@ image content that determines a vector is a `FeatureKey`, with its own folder:
     <cache_dir>/features/<key.digest()>/
         manifest.json           # key fields, feature_dim, format version
         shard-<16 hex>.npz      # "ids" [n] str, "features" [n, D], "checksum"
-        .lock                   # flock held by `extract_features`
+        .lock                   # flock held by `feature_pass.extract_features`
 
 A changed or added image has a new `example_id`, so only it is recomputed; an
 unchanged run does no backbone pass. Shards are renamed into place, so no
@@ -16,7 +16,6 @@ filling; a shard that fails to load or to match its checksum is deleted and
 its examples recomputed.
 """
 
-import collections
 import contextlib
 import dataclasses
 import errno
@@ -24,7 +23,6 @@ import hashlib
 import json
 import logging
 import os
-import time
 
 import numpy as np
 
@@ -103,33 +101,6 @@ class FeatureKey:
         """Stable hex id: first 20 hex digits of sha256(sorted JSON of fields)."""
         text = json.dumps(self.fields(), sort_keys=True)
         return hashlib.sha256(text.encode("utf-8")).hexdigest()[:20]
-
-
-@dataclasses.dataclass
-class ExtractStats:
-    """What `extract_features` did.
-
-    Attributes:
-      total: Examples asked for.
-      cached: Examples served from the cache.
-      forwarded: Examples pushed through the backbone in this call.
-      seconds: Wall time of the call.
-      shards: (name, size, mtime_ns) of the cache shards that hold the
-        examples afterwards, sorted (what a later run checks is unchanged).
-    """
-
-    total: int
-    cached: int
-    forwarded: int
-    seconds: float
-    shards: tuple = ()
-
-    @property
-    def status(self):
-        """"hit" (nothing forwarded), "miss" (nothing cached) or "partial"."""
-        if self.forwarded == 0:
-            return "hit"
-        return "miss" if self.cached == 0 and self.total > 0 else "partial"
 
 
 def _drop_files(paths):
@@ -347,11 +318,11 @@ class FeatureCache:
           found (None when nothing is found, D is not yet known and no `out`
           is given), and bool [n].
         """
-        features, found, _ = self._lookup(ids, out)
+        features, found, _ = self.lookup_shards(ids, out)
         return features, found
 
-    def _lookup(self, ids, out):
-        """`lookup`, and the names of the shards that served rows."""
+    def lookup_shards(self, ids, out=None):
+        """`lookup`, and the set of names of the shards that served rows."""
         ids = list(ids)
         found, served = np.zeros(len(ids), bool), set()
         if self._known_dim() is None:
@@ -428,6 +399,11 @@ class FeatureCache:
             np.savez(f, ids=ids, features=stored, checksum=np.array(checksum))
         return path
 
+    def discard(self, paths):
+        """Deletes shards that `write_shard` returned and that must not stay
+        (their ids and features may be mismatched)."""
+        _drop_files(paths)
+
     def remove_temporary_files(self):
         """Deletes what killed writers left; only call while holding `lock`.
 
@@ -438,199 +414,3 @@ class FeatureCache:
         prefix = self._tmp_prefix()
         _drop_files(os.path.join(self.path, name) for name in os.listdir(self.path)
                     if name.startswith(prefix))
-
-
-def _model_on_cpu():
-    """Whether Keras runs models on the CPU (no accelerator for its backend)."""
-    import keras
-
-    backend = keras.backend.backend()
-    if backend == "jax":
-        import jax
-
-        return jax.default_backend() == "cpu"
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        return not (tf.config.list_logical_devices("GPU")
-                    or tf.config.list_logical_devices("TPU"))
-    if backend == "torch":
-        import torch
-
-        return not torch.cuda.is_available()
-    return True
-
-
-def _batches(make_dataset, indices, chunk_size, overlap):
-    """The batches of `make_dataset(indices)`, decoded chunk by chunk unless
-    `overlap`."""
-    if not indices:
-        return
-    if overlap:
-        yield from make_dataset(indices)
-        return
-    for start in range(0, len(indices), chunk_size):
-        # Decode a whole chunk with every core, then run the model with every
-        # core. Decoding alongside a CPU model stalls the model's threads far
-        # more than the decoding costs: measured on 2 cores, ResNet50 reached
-        # 0.53 of its in-memory throughput overlapped, 0.95 chunked.
-        yield from list(make_dataset(indices[start:start + chunk_size]))
-
-
-def extract_features(ids, make_dataset, model, cache, *, shard_size=512,
-                     progress=None, overlap=None, part=None, chunk_size=None,
-                     out=None):
-    """Features for `ids` (in that order), computing only the missing ones.
-
-    Holds `cache.lock()` throughout, so concurrent processes on one cache
-    folder take turns and never compute the same shard twice.
-
-    Args:
-      ids: list of unique example ids (str), e.g. from `example_id`.
-      make_dataset: `make_dataset(indices)` -> batched `tf.data.Dataset` of
-        dicts {"image": uint8 [B, S, S, 3], ...} yielding exactly the
-        examples `ids[i]` for i in `indices` (list of int), in that order;
-        or, with an "index" entry (int [B], positions in `ids`), any subset
-        of them in any order.
-      model: Frozen backbone (a `keras.Model` or anything with
-        `predict_on_batch`), mapping images [B, S, S, 3] to float [B, D].
-      cache: A `FeatureCache`.
-      shard_size: New examples per shard; a killed run loses at most one.
-      progress: Optional `progress(done, total, images_per_sec)`, called after
-        each shard; `done` counts cached plus computed examples out of
-        `total = len(ids)`; the rate is over this call's computed examples.
-      overlap: Whether the input pipeline decodes while the model runs
-        (True), or each chunk is decoded before the model sees it (False;
-        then `make_dataset` is called once per chunk and a chunk's pixels
-        are held in memory). None: overlap unless the model runs on the CPU,
-        where the two compete for the same cores.
-      chunk_size: Examples a chunk (default `shard_size`); more than a shard
-        lets small images go through the model in bigger batches.
-      out: Optional float array [len(ids), D] that receives the features
-        (of the cache's dtype, it holds them without a float32 copy).
-      part: (index, count): compute only the missing examples at positions
-        `i` of `ids` with `i % count == index`, one worker's part of an
-        extraction sharded over `count` workers sharing `cache` (see
-        `FeatureCache.lock`). The others' rows are returned as found in the
-        cache so far (zeros if not yet there); a later call without `part`,
-        once every worker is done, gathers them all.
-
-    Returns:
-      (features [len(ids), D]: `out`, or float32; `ExtractStats`). Computed
-      features are rounded through the storage dtype, so a later cache hit
-      is identical.
-    """
-    start = time.perf_counter()
-    ids = [str(x) for x in ids]
-    if len(set(ids)) != len(ids):
-        counts = collections.Counter(ids)
-        duplicates = sorted(x for x, n in counts.items() if n > 1)
-        raise ValueError(f"ids must be unique. Received duplicates: {duplicates[:5]}")
-    if not isinstance(shard_size, int) or shard_size < 1:
-        raise ValueError(
-            f"shard_size must be a positive int. Received: shard_size={shard_size!r}")
-    if out is not None and (out.ndim != 2 or len(out) != len(ids)):
-        raise ValueError(
-            f"out must be an array [len(ids), D] = [{len(ids)}, D]. Received: "
-            f"out.shape={out.shape}")
-    scope = None
-    if part is not None:
-        index, count = part
-        if not (isinstance(count, int) and isinstance(index, int)
-                and 0 <= index < count):
-            raise ValueError("part must be (index, count) with 0 <= index < "
-                             f"count. Received: part={part!r}")
-        scope = f"part{index}of{count}"
-    with cache.lock(scope):
-        cache.remove_temporary_files()
-        features, found, served = cache._lookup(ids, out)
-        missing = np.flatnonzero(~found).tolist()
-        if part is not None:
-            # By position in `ids`, not in `missing`: every worker then draws
-            # the same partition, whatever the others have cached already.
-            missing = [i for i in missing if i % count == index]
-        written, pending, done = [], [], 0  # This call's shards; forwarded.
-        # Rows that came with their index: a mask, not a set of ints (1M
-        # rows: 1 MB, where a set held ~60 MB).
-        seen = np.zeros(len(ids), bool)
-        if overlap is None:
-            overlap = not _model_on_cpu()
-        chunk_size = chunk_size or shard_size
-        for batch in _batches(make_dataset, missing, chunk_size, overlap):
-            if "index" in batch:
-                # Indexed elements stay matched to their ids even when the
-                # pipeline drops an example (a file broken since the scan).
-                rows = [int(i) for i in np.asarray(batch["index"])]
-                seen[rows] = True
-            else:
-                rows = missing[done:done + len(batch["image"])]
-            outputs = np.asarray(
-                model.predict_on_batch(np.asarray(batch["image"])))
-            dim = outputs.shape[-1] if features is None else features.shape[1]
-            if (outputs.shape != (len(batch["image"]), dim)
-                    or len(rows) < len(outputs)):
-                # Unmatched rows may already pair ids with the wrong
-                # features in this call's shards: never leave those behind.
-                _drop_files(written)
-                raise ValueError(
-                    f"Expected model outputs [B, {dim}] for the {len(missing)} "
-                    f"examples asked of make_dataset. Received: shape="
-                    f"{outputs.shape} after {done} examples")
-            if features is None:
-                features = np.zeros((len(ids), dim), np.float32)
-            # Rounded like the stored copy, so hits and misses agree.
-            with np.errstate(over="ignore"):
-                stored = outputs.astype(cache.key.dtype)
-            if not np.isfinite(stored).all():
-                # Cached, they would be served to every later run.
-                bad = ids[rows[int(np.argwhere(~np.isfinite(stored))[0][0])]]
-                if np.isfinite(outputs).all():
-                    raise ValueError(
-                        f"Features of '{bad}' overflow the cache's "
-                        f"{cache.key.dtype} (largest |value| "
-                        f"{float(np.abs(outputs).max()):.3g}). Store them as "
-                        "float32: --feature_dtype=float32 "
-                        "(TrainConfig.feature_dtype).")
-                raise ValueError(
-                    f"The backbone gave non-finite features (NaN or inf) for "
-                    f"'{bad}': check its weights and the input images.")
-            features[rows] = stored
-            done += len(rows)
-            pending.extend(rows)
-            while len(pending) >= shard_size or (pending and done == len(missing)):
-                shard, pending = pending[:shard_size], pending[shard_size:]
-                written.append(cache.write_shard([ids[i] for i in shard],
-                                                 features[shard]))
-                if progress is not None:
-                    elapsed = max(time.perf_counter() - start, 1e-9)
-                    progress(len(ids) - len(missing) + done, len(ids), done / elapsed)
-        if done != len(missing) and seen.any():
-            # Every row came with its index: what was computed is right, so
-            # keep it (a rerun then computes only what is still missing).
-            if pending:
-                written.append(cache.write_shard([ids[i] for i in pending],
-                                                 features[pending]))
-            lost = [i for i in missing if not seen[i]]
-            raise ValueError(
-                f"{len(lost)} of {len(missing)} examples could not be read "
-                f"(changed or deleted since the scan?), e.g. '{ids[lost[0]]}'. "
-                f"The features of the other {done} are kept in the cache. "
-                "Run again: the scan checks changed files anew and skips "
-                "unreadable ones.")
-        if done != len(missing):
-            _drop_files(written)
-            raise ValueError(
-                f"make_dataset yielded {done} examples for {len(missing)} "
-                "indices (a file unreadable since the scan?), so features and "
-                "ids cannot be matched.")
-        # The shards that served rows and those written now: indexing every
-        # shard again left ~20 MB of Python strings' heap behind (160k ids;
-        # +15-29 MiB RSS at the end of each view at 200k images).
-        shards = cache.shard_files(
-            served | {os.path.basename(path) for path in written})
-    if features is None:  # Only for ids == [] before anything was cached.
-        features = np.zeros((0, 0), np.float32)
-    # With `part`, "cached" counts what this call did not have to compute.
-    stats = ExtractStats(len(ids), len(ids) - len(missing), done,
-                         time.perf_counter() - start, shards)
-    return features, stats
