@@ -18,6 +18,7 @@ import tensorflow as tf
 
 from tlfast import data as tld
 from tlfast.data import folder_builder
+from tlfast.data import records as records_lib
 from tlfast.data import pipeline as pipeline_lib
 from tlfast.config import TrainConfig
 
@@ -71,7 +72,7 @@ class PreparedSource:
             seed=TrainConfig.seed, cache_dir=os.path.join(root, "scan"))
         log.info("%s prepared data: %s", "Reusing" if self.prepared.reused
                  else "Wrote", self.prepared.data_dir)
-        self._splits = [folder_builder.prepared_examples(self.prepared, s)
+        self._splits = [records_lib.prepared_examples(self.prepared, s)
                         for s in self.prepared.splits]
         ids = [i for split in self._splits for i in split.ids]
         self.size = len(ids)
@@ -93,7 +94,7 @@ class PreparedSource:
 
     def decoded(self, image_size, resize):
         """Unbatched {"image": uint8, "label": int32} elements, in order."""
-        return folder_builder.decode_records(self.records(), image_size, resize)
+        return records_lib.decode_records(self.records(), image_size, resize)
 
     def batched(self, indices, image_size, resize, batch_size):
         """{"image", "index"} batches of the examples at `indices` (any order)."""

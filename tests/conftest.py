@@ -95,6 +95,29 @@ def flat_folder(tmp_path):
 
 
 @pytest.fixture
+def junk_folder(tmp_path):
+    """Two classes of 10 and 8 images, one junk '.jpg' that the scan skips."""
+    root = make_folder(tmp_path / "photos", {"cats": 10, "dogs": 8})
+    (root / "cats" / "junk.jpg").write_bytes(b"not an image")
+    return root
+
+
+def prepare_records(folder, tmp_path, **kwargs):
+    """`prepare_image_folder` with its records and scan cache in `tmp_path`."""
+    from tlfast.data import folder_builder
+
+    return folder_builder.prepare_image_folder(
+        folder, data_root=tmp_path / "tfds", cache_dir=tmp_path / "cache",
+        **kwargs)
+
+
+def record_files(prepared):
+    """Names of a `PreparedImageFolder`'s TFRecord shards, sorted."""
+    return sorted(name for name in os.listdir(prepared.data_dir)
+                  if ".tfrecord-" in name)
+
+
+@pytest.fixture
 def split_folder(tmp_path):
     """train/ and val/ sub-folders, two classes."""
     root = tmp_path / "split"

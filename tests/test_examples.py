@@ -41,13 +41,14 @@ def test_shards_of_files_and_prepared_records_partition_the_split(tmp_path):
     from conftest import make_folder
     from tlfast.data import folder_builder
     from tlfast.data import prepare
+    from tlfast.data import records
 
     root = make_folder(tmp_path / "photos", {"a": 6, "b": 5})
     listed = prepare.prepare_folder(root)
     _check_shards(examples.FileExamples(listed.train, 16))
     prepared = folder_builder.prepare_image_folder(
         root, data_root=tmp_path / "tfds", validation_split=0.2)
-    _check_shards(folder_builder.prepared_examples(prepared, "train", 16))
+    _check_shards(records.prepared_examples(prepared, "train", 16))
 
 
 def test_tfds_shards_partition_the_split(monkeypatch):

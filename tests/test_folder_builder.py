@@ -4,15 +4,15 @@ import os
 
 import numpy as np
 import pytest
-import tensorflow as tf
-import tensorflow_datasets as tfds
 
 from conftest import make_folder
+from conftest import prepare_records
+from conftest import record_files
 from conftest import write_image
 from tlfast import locks
 from tlfast.data import prepare
 from tlfast.data import folder_builder
-from tlfast.data import pipeline
+from tlfast.data import records as records_lib
 from tlfast.data import scan
 from tlfast.data import sources
 
@@ -28,32 +28,13 @@ else:
     TlfastImageFolderTest = image_folder_dataset_builder_test.TlfastImageFolderTest
 
 
-@pytest.fixture
-def junk_folder(tmp_path):
-    """Two classes of 10 and 8 images, one junk '.jpg' that the scan skips."""
-    root = make_folder(tmp_path / "photos", {"cats": 10, "dogs": 8})
-    (root / "cats" / "junk.jpg").write_bytes(b"not an image")
-    return root
-
-
-def _prepare(folder, tmp_path, **kwargs):
-    return folder_builder.prepare_image_folder(
-        folder, data_root=tmp_path / "tfds", cache_dir=tmp_path / "cache",
-        **kwargs)
-
-
 def _file_id(root, relpath):
     st = os.stat(os.path.join(root, relpath))
     return f"{relpath}|{st.st_size}|{st.st_mtime_ns}"
 
 
-def _shards(prepared):
-    return sorted(name for name in os.listdir(prepared.data_dir)
-                  if ".tfrecord-" in name)
-
-
 def test_flat_folder_is_scanned_split_and_stored(junk_folder, tmp_path):
-    prepared = _prepare(junk_folder, tmp_path, validation_split=0.25, seed=3)
+    prepared = prepare_records(junk_folder, tmp_path, validation_split=0.25, seed=3)
     expected = prepare.prepare_folder(junk_folder, validation_split=0.25, seed=3)
     assert not prepared.reused
     assert prepared.class_names == ("cats", "dogs")
@@ -66,7 +47,7 @@ def test_flat_folder_is_scanned_split_and_stored(junk_folder, tmp_path):
                                             "tlfast_image_folder" / "photos_"))
     for split, entries in (("train", expected.train),
                            ("validation", expected.validation)):
-        examples = folder_builder.prepared_examples(prepared, split, 16)
+        examples = records_lib.prepared_examples(prepared, split, 16)
         # Same split as prepare_folder's, ids as FileExamples spells them.
         assert sorted(examples.ids) == sorted(
             _file_id(junk_folder, e.relpath) for e in entries)
@@ -74,71 +55,17 @@ def test_flat_folder_is_scanned_split_and_stored(junk_folder, tmp_path):
         assert [labels[i.split("|")[0]] for i in examples.ids] == list(examples.labels)
 
 
-def test_images_equal_decode_of_the_original_bytes(junk_folder, tmp_path):
-    write_image(junk_folder / "dogs" / "wide.png", np.full((12, 40, 3), 7, np.uint8)
-                + np.arange(40, dtype=np.uint8)[None, :, None], fmt="PNG")
-    prepared = _prepare(junk_folder, tmp_path, validation_split=0.5)
-    seen_png = False
-    for split in prepared.splits:
-        examples = folder_builder.prepared_examples(prepared, split, 20, "crop")
-        wanted = list(range(len(examples)))[::-1]  # In any order.
-        if split == "train":  # And any subset (with the PNG, wherever it is).
-            wanted = wanted[::2] + [i for i in wanted[1::2]
-                                    if examples.ids[i].startswith("dogs/wide.png")]
-        seen = []
-        for batch in examples.batched(wanted, batch_size=3):
-            assert batch["image"].dtype == tf.uint8
-            for image, label, index in zip(batch["image"], batch["label"],
-                                           batch["index"].numpy()):
-                relpath = examples.ids[index].split("|")[0]
-                data = tf.io.read_file(str(junk_folder / relpath))
-                expected = pipeline.decode_image(data, 20, "crop")
-                np.testing.assert_array_equal(image.numpy(), expected.numpy())
-                assert int(label) == examples.labels[index]
-                seen.append(int(index))
-                seen_png |= relpath.endswith(".png")
-        assert sorted(seen) == sorted(wanted)
-    assert seen_png
-    config = pipeline.PipelineConfig(image_size=20, batch_size=4, resize="crop",
-                                     cache="none")
-    batches = list(examples.pixels(config, training=False))
-    labels = np.concatenate([b["label"].numpy() for b in batches])
-    np.testing.assert_array_equal(labels, examples.labels)
-
-
-def test_records_equal_what_tfds_reads(junk_folder, tmp_path, monkeypatch):
-    # records() parses the TFRecords itself, in batches; it must give what
-    # TFDS's own reader gives, in the same order, across batch boundaries.
-    monkeypatch.setattr(folder_builder, "_PARSE_BATCH", 2)
-    for i in range(3):
-        write_image(junk_folder / "cats" / f"extra_{i}.jpg")
-    prepared = _prepare(junk_folder, tmp_path, validation_split=0.25)
-    for split in prepared.splits:
-        examples = folder_builder.prepared_examples(prepared, split)
-        ours = list(examples.records().as_numpy_iterator())
-        theirs = list(prepared.builder.as_dataset(
-            split=split, shuffle_files=False,
-            read_config=folder_builder.READ_CONFIG,
-            decoders={"image": tfds.decode.SkipDecoding()}).as_numpy_iterator())
-        assert len(ours) == len(theirs) == len(examples) > 0
-        for a, b in zip(ours, theirs):
-            assert a.keys() == b.keys()
-            for key in a:
-                assert a[key] == b[key], key
-        assert [r["id"].decode() for r in ours] == examples.ids
-
-
 def test_unchanged_folder_is_reused(junk_folder, tmp_path, caplog):
-    first = _prepare(junk_folder, tmp_path)
+    first = prepare_records(junk_folder, tmp_path)
     shards = {n: os.stat(os.path.join(first.data_dir, n)).st_mtime_ns
-              for n in _shards(first)}
+              for n in record_files(first)}
     with caplog.at_level("INFO", logger="tlfast"):
-        second = _prepare(junk_folder, tmp_path)
+        second = prepare_records(junk_folder, tmp_path)
     assert second.reused and not first.reused
     assert "Reusing prepared data" in caplog.text
     assert second.data_dir == first.data_dir
     assert {n: os.stat(os.path.join(second.data_dir, n)).st_mtime_ns
-            for n in _shards(second)} == shards
+            for n in record_files(second)} == shards
     assert second.num_examples == first.num_examples
     assert second.skipped == first.skipped
     assert second.index["train"][0] == first.index["train"][0]
@@ -147,40 +74,40 @@ def test_unchanged_folder_is_reused(junk_folder, tmp_path, caplog):
 def test_a_replaced_preparation_in_use_is_removed_once_free(junk_folder, tmp_path):
     import fcntl
 
-    first = _prepare(junk_folder, tmp_path)
+    first = prepare_records(junk_folder, tmp_path)
     # Another job reading the first preparation: its shared lock.
     reader = os.open(os.path.dirname(first.data_dir) + ".use", os.O_RDONLY)
     fcntl.flock(reader, fcntl.LOCK_SH)
     try:
         write_image(junk_folder / "cats" / "added.jpg")
-        second = _prepare(junk_folder, tmp_path)
+        second = prepare_records(junk_folder, tmp_path)
         assert not second.reused and os.path.exists(first.data_dir)
     finally:
         os.close(reader)
-    third = _prepare(junk_folder, tmp_path)
+    third = prepare_records(junk_folder, tmp_path)
     assert third.reused and not os.path.exists(first.data_dir)
 
 
 def test_touched_and_added_files_are_prepared_again(junk_folder, tmp_path):
-    first = _prepare(junk_folder, tmp_path)
+    first = prepare_records(junk_folder, tmp_path)
     touched = junk_folder / "dogs" / "img_000.jpg"
     st = os.stat(touched)
     os.utime(touched, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
-    second = _prepare(junk_folder, tmp_path)
+    second = prepare_records(junk_folder, tmp_path)
     assert not second.reused
     assert second.fingerprint != first.fingerprint
     assert not os.path.exists(first.data_dir)  # The replaced copy is gone.
     ids = [i for split in second.splits for i in second.index[split][0]]
     assert _file_id(junk_folder, "dogs/img_000.jpg") in ids
     write_image(junk_folder / "cats" / "new.jpg")
-    third = _prepare(junk_folder, tmp_path)
+    third = prepare_records(junk_folder, tmp_path)
     assert not third.reused
     assert sum(third.num_examples.values()) == sum(second.num_examples.values()) + 1
-    assert _prepare(junk_folder, tmp_path).reused
+    assert prepare_records(junk_folder, tmp_path).reused
     # Other split settings are another preparation, kept beside this one.
-    other = _prepare(junk_folder, tmp_path, seed=1)
+    other = prepare_records(junk_folder, tmp_path, seed=1)
     assert not other.reused and other.data_dir != third.data_dir
-    assert _prepare(junk_folder, tmp_path).reused
+    assert prepare_records(junk_folder, tmp_path).reused
 
 
 def test_presplit_folder_keeps_its_splits(tmp_path):
@@ -189,26 +116,26 @@ def test_presplit_folder_keeps_its_splits(tmp_path):
     make_folder(root / "val", {"ants": 3, "bees": 2})
     make_folder(root / "test", {"ants": 2, "bees": 2})
     (root / "test" / "bees" / "empty.jpg").write_bytes(b"")
-    prepared = _prepare(root, tmp_path)
+    prepared = prepare_records(root, tmp_path)
     assert prepared.splits == ("train", "validation", "test")
     assert prepared.num_examples == {"train": 11, "validation": 5, "test": 4}
     assert [os.path.basename(s.path) for s in prepared.skipped] == ["empty.jpg"]
-    test = folder_builder.prepared_examples(prepared, "test", 8)
+    test = records_lib.prepared_examples(prepared, "test", 8)
     assert all(i.startswith("test/") for i in test.ids)
     with pytest.raises(ValueError, match="no split 'holdout'"):
-        folder_builder.prepared_examples(prepared, "holdout", 8)
+        records_lib.prepared_examples(prepared, "holdout", 8)
 
 
 def test_strict_refuses_bad_files_even_when_reusing(junk_folder, tmp_path):
     with pytest.raises(scan.BadImagesError, match="junk.jpg"):
-        _prepare(junk_folder, tmp_path, strict=True)
-    assert not _prepare(junk_folder, tmp_path).reused
+        prepare_records(junk_folder, tmp_path, strict=True)
+    assert not prepare_records(junk_folder, tmp_path).reused
     with pytest.raises(scan.BadImagesError, match="junk.jpg"):
-        _prepare(junk_folder, tmp_path, strict=True)
+        prepare_records(junk_folder, tmp_path, strict=True)
 
 
 def test_a_stale_index_is_rebuilt_or_caught(junk_folder, tmp_path):
-    prepared = _prepare(junk_folder, tmp_path)
+    prepared = prepare_records(junk_folder, tmp_path)
     path = os.path.join(prepared.data_dir, folder_builder.INDEX_FILE)
     with open(path) as f:
         index = json.load(f)
@@ -216,13 +143,13 @@ def test_a_stale_index_is_rebuilt_or_caught(junk_folder, tmp_path):
     with open(path, "w") as f:
         json.dump(index, f)
     # Counts disagree with the records: the index is read again from them.
-    ids, labels = _prepare(junk_folder, tmp_path).index["train"]
+    ids, labels = prepare_records(junk_folder, tmp_path).index["train"]
     assert ids == prepared.index["train"][0]
     np.testing.assert_array_equal(labels, prepared.index["train"][1])
     ids = list(ids)
     ids[0], ids[1] = ids[1], ids[0]
     swapped = dataclasses.replace(prepared, index={"train": (tuple(ids), labels)})
-    examples = folder_builder.prepared_examples(swapped, "train", 8)
+    examples = records_lib.prepared_examples(swapped, "train", 8)
     with pytest.raises(ValueError, match="index disagree"):
         list(examples.batched(range(len(examples)), 4))
 
@@ -242,7 +169,7 @@ def test_a_preparation_another_process_reads_is_not_removed(junk_folder, tmp_pat
     import subprocess
     import sys
 
-    first = _prepare(junk_folder, tmp_path)
+    first = prepare_records(junk_folder, tmp_path)
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     reader = subprocess.Popen(
         [sys.executable, "-c", _HOLD_AND_WAIT.format(
@@ -254,42 +181,24 @@ def test_a_preparation_another_process_reads_is_not_removed(junk_folder, tmp_pat
         touched = junk_folder / "dogs" / "img_000.jpg"
         st = os.stat(touched)
         os.utime(touched, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
-        second = _prepare(junk_folder, tmp_path)
+        second = prepare_records(junk_folder, tmp_path)
         assert not second.reused
         # Still being read by the other process: kept.
-        assert _shards(first)
+        assert record_files(first)
     finally:
         reader.kill()
         reader.wait()
     write_image(junk_folder / "cats" / "new.jpg")
-    _prepare(junk_folder, tmp_path)  # Nobody reads it now: removed.
+    prepare_records(junk_folder, tmp_path)  # Nobody reads it now: removed.
     assert not os.path.exists(first.data_dir)
-
-
-def test_damaged_records_raise_instead_of_dropping_or_hanging(junk_folder,
-                                                              tmp_path):
-    prepared = _prepare(junk_folder, tmp_path)
-    examples = folder_builder.prepared_examples(prepared, "train", 32)
-    shard = os.path.join(prepared.data_dir, _shards(prepared)[0])
-    data = open(shard, "rb").read()
-    with open(shard, "wb") as f:
-        f.write(data[:len(data) // 2])
-    # A read error, or (cut just after a record) too few records.
-    with pytest.raises((tf.errors.DataLossError,
-                        tf.errors.FailedPreconditionError)):
-        for _ in folder_builder.decode_records(examples.records(), 32):
-            pass
-    os.remove(shard)
-    with pytest.raises(FileNotFoundError, match="incomplete.*run again"):
-        examples.records()
 
 
 def test_prepared_data_is_reused_from_read_only_storage(junk_folder, tmp_path,
                                                         request, monkeypatch):
-    _prepare(junk_folder, tmp_path)
+    prepare_records(junk_folder, tmp_path)
     monkeypatch.setattr(locks, "_HELD", {})
     request.getfixturevalue("read_only_storage")
-    again = _prepare(junk_folder, tmp_path)
+    again = prepare_records(junk_folder, tmp_path)
     assert again.reused and sum(again.num_examples.values()) == 18
 
 
@@ -342,40 +251,18 @@ def test_a_reader_marks_the_preparation_in_use_before_letting_go_of_it(
         return real_hold(path, shared)
 
     monkeypatch.setattr(folder_builder.locks, "hold", hold)
-    _prepare(junk_folder, tmp_path)
-    _prepare(junk_folder, tmp_path)  # A reuse too.
+    prepare_records(junk_folder, tmp_path)
+    prepare_records(junk_folder, tmp_path)  # A reuse too.
     assert seen == [False, False]
 
 
 def test_lock_files_of_a_removed_preparation_stay(junk_folder, tmp_path):
-    first = _prepare(junk_folder, tmp_path)
+    first = prepare_records(junk_folder, tmp_path)
     write_image(junk_folder / "cats" / "added.jpg")
-    _prepare(junk_folder, tmp_path)
+    prepare_records(junk_folder, tmp_path)
     assert not os.path.exists(first.data_dir)
     base = os.path.dirname(first.data_dir)
     assert os.path.exists(base + ".lock") and os.path.exists(base + ".use")
-
-
-def test_chunk_after_chunk_reads_the_records_once(junk_folder, tmp_path,
-                                                  monkeypatch):
-    # Extraction asks for its examples chunk by chunk: one pass over the
-    # records in all, not one per chunk (that was quadratic).
-    prepared = _prepare(junk_folder, tmp_path)
-    examples = folder_builder.prepared_examples(prepared, "train", 8)
-    passes = []
-    real = folder_builder.PreparedExamples.records
-    monkeypatch.setattr(folder_builder.PreparedExamples, "records",
-                        lambda self, *a, **k: passes.append(1) or real(self, *a, **k))
-    n = len(examples)
-    chunks = [list(range(i, min(i + 3, n))) for i in range(0, n, 3)]
-    got = [int(i) for chunk in chunks for b in examples.batched(chunk, 2)
-           for i in b["index"]]
-    assert got == list(range(n)) and len(passes) == 1
-    whole = np.concatenate([b["image"] for b in examples.batched(range(n), 4)])
-    again = np.concatenate([b["image"] for chunk in chunks
-                            for b in examples.batched(chunk, 2)])
-    np.testing.assert_array_equal(whole, again)
-    assert len(passes) == 3  # Back to the start: a new pass, then another.
 
 
 def test_a_preparation_lists_the_folder_once(junk_folder, tmp_path,
@@ -384,11 +271,11 @@ def test_a_preparation_lists_the_folder_once(junk_folder, tmp_path,
     real = sources.list_image_folder
     monkeypatch.setattr(sources, "list_image_folder",
                         lambda *a, **k: calls.append(a) or real(*a, **k))
-    first = _prepare(junk_folder, tmp_path)
+    first = prepare_records(junk_folder, tmp_path)
     assert len(calls) == 1 and not first.reused
     listing = real(junk_folder)
     calls.clear()
-    again = _prepare(junk_folder, tmp_path / "other", listing=listing)
+    again = prepare_records(junk_folder, tmp_path / "other", listing=listing)
     assert calls == [] and again.fingerprint == first.fingerprint
     assert again.num_examples == first.num_examples
 
@@ -402,7 +289,7 @@ def test_a_file_changed_while_preparing_is_said(junk_folder, tmp_path, caplog):
             os.utime(changed, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
 
     with caplog.at_level("WARNING", logger="tlfast"):
-        prepared = _prepare(junk_folder, tmp_path, progress=progress)
+        prepared = prepare_records(junk_folder, tmp_path, progress=progress)
     assert "changed while it was being prepared" in caplog.text
-    assert not _prepare(junk_folder, tmp_path).reused  # Prepared anew.
+    assert not prepare_records(junk_folder, tmp_path).reused  # Prepared anew.
     assert not prepared.reused

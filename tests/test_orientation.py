@@ -59,6 +59,7 @@ def test_every_route_decodes_a_phone_photo_upright(tmp_path):
     from conftest import make_folder
     from tlfast import predict
     from tlfast.data import folder_builder
+    from tlfast.data import records as records_lib
     from tlfast.data import scan
     from tlfast.data import sources
 
@@ -77,7 +78,7 @@ def test_every_route_decodes_a_phone_photo_upright(tmp_path):
     np.testing.assert_array_equal(batch[0], expected)
     prepared = folder_builder.prepare_image_folder(
         root, data_root=tmp_path / "tfds", validation_split=0.01)
-    records = folder_builder.prepared_examples(prepared, "train", 16)
+    records = records_lib.prepared_examples(prepared, "train", 16)
     index = [i for i, e in enumerate(records.entries) if e.relpath == "a/phone.jpg"]
     got = [b for b in records.batched(index, 1)][0]["image"][0]
     np.testing.assert_array_equal(np.asarray(got), expected)

@@ -115,6 +115,7 @@ def load_prepared_data(config, size, folder, timings, listing=None):
         # Imported here: TFDS takes a moment to import, and only this path
         # needs it.
         from tlfast.data import folder_builder
+        from tlfast.data import records
 
         prepared = folder_builder.prepare_image_folder(
             config.data_dir,
@@ -127,7 +128,7 @@ def load_prepared_data(config, size, folder, timings, listing=None):
             labels=labels_of(config), listing=listing,
             progress=lambda done, total: phase.update(done, total))
     prepare.log_skipped(prepared.skipped)
-    sets = {split: folder_builder.prepared_examples(
+    sets = {split: records.prepared_examples(
                 prepared, split, size, config.resize,
                 config.data_service_address)
             for split in ("train", "validation")}

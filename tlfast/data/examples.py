@@ -1,7 +1,7 @@
 """Example sets: what training needs of a split, whatever the source.
 
 A folder split (scanned `FileEntry`s), a prepared folder's split
-(`tlfast.data.folder_builder.PreparedExamples`) and a TFDS split offer the
+(`tlfast.data.records.PreparedExamples`) and a TFDS split offer the
 same things, the `Examples` protocol: stable per-example ids (the
 feature-cache keys), integer labels, batched uint8 images for any subset
 (feature extraction), the full cached/shuffled pixel pipeline (fine-tuning),
