@@ -39,6 +39,9 @@ from tlfast.data.image_folder.image_folder_dataset_builder import settings_of
 
 log = logging.getLogger("tlfast")
 
+# Record bytes TFDS's writer may hold in memory (see `_writer_memory`).
+_WRITER_BUFFER_BYTES = 64 * 2**20
+
 DATASET_NAME = TlfastImageFolder.name
 # Ids and labels of every split in record order, written beside the records
 # so that opening a split does not read all its images to learn its labels.
@@ -235,6 +238,25 @@ def _load_index(builder, fingerprint):
     return index
 
 
+@contextlib.contextmanager
+def _writer_memory(limit):
+    """Caps what TFDS's record writer holds in memory before it spills.
+
+    The writer keeps every serialized example of a split in RAM until they
+    pass `tfds.core.shuffle.MAX_MEM_BUFFER_SIZE` (1 GB), then moves them to
+    bucket files on disk. TFDS has no setting for it, hence the module
+    global, restored after.
+    """
+    from tensorflow_datasets.core import shuffle
+
+    saved = shuffle.MAX_MEM_BUFFER_SIZE
+    shuffle.MAX_MEM_BUFFER_SIZE = min(saved, limit)
+    try:
+        yield
+    finally:
+        shuffle.MAX_MEM_BUFFER_SIZE = saved
+
+
 def prepare_image_folder(data_dir, *, data_root, validation_split=0.2, seed=0,
                          cache_dir=None, max_pixels=scan_lib.DEFAULT_MAX_PIXELS,
                          strict=False, progress=None, skip_placeholders=True,
@@ -311,7 +333,8 @@ def prepare_image_folder(data_dir, *, data_root, validation_split=0.2, seed=0,
             start = time.perf_counter()
             # TFDS prints "Downloading and preparing dataset Unknown size"
             # for a local folder: kept for the log file, not the console.
-            with contextlib.redirect_stdout(io.StringIO()) as printed:
+            with contextlib.redirect_stdout(io.StringIO()) as printed, \
+                    _writer_memory(_WRITER_BUFFER_BYTES):
                 builder.download_and_prepare(
                     download_dir=os.path.join(data_root, "downloads"),
                     download_config=tfds.download.DownloadConfig(
