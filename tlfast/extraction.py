@@ -161,7 +161,7 @@ def extract_all(train, validation, backbone_model, run, timings, strategy=None):
                                    run.spec.name)
     jobs = _jobs(train, validation, run, identity)
     total = sum(len(examples) for examples, _, _ in jobs)
-    results, stats = [], []
+    stats = []
     with Phase("extract", total=total, timings=timings) as phase:
         clean = model_lib.build_feature_model(backbone_model)
         # Every training view in one array of the stored dtype: the head
@@ -179,12 +179,11 @@ def extract_all(train, validation, backbone_model, run, timings, strategy=None):
             if workers.count > 1:
                 feature_model = _LocalPredictor(feature_model)
             offset = phase.done
-            feats, stat = _extract(
+            _, stat = _extract(
                 examples, feature_model, key, run.config, phase, workers,
                 strategy, validation_x if examples is validation else
                 train_views[key.view])
             phase.update(offset + len(examples), force=True)
-            results.append(feats)
             stats.append(stat)
             if key.view:
                 views_seconds += stat.seconds
@@ -201,7 +200,7 @@ def extract_all(train, validation, backbone_model, run, timings, strategy=None):
     forwarded = sum(s.forwarded for s in stats)
     cached = sum(s.cached for s in stats)
     status = "hit" if not forwarded else ("miss" if not cached else "partial")
-    return Extracted(validation=results[0], train_views=train_views,
+    return Extracted(validation=validation_x, train_views=train_views,
                      status=status, forwarded=forwarded, stats=stats,
                      digests=[key.digest() for _, key, _ in jobs],
                      weights_identity=identity)
