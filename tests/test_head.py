@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from tlfast import head as head_lib
+from tlfast import head_epochs
 from tlfast import host_arrays
 
 
@@ -134,7 +135,7 @@ def test_compiled_epochs_match_the_train_on_batch_loop(
     # step (200 examples in batches of 64: a short last batch too).
     (x, y), (vx, vy) = _blobs(), _blobs(seed=3, n=50)
     # Validation in chunks of 16 (a short last one) on the compiled path.
-    monkeypatch.setattr(head_lib, "_EVAL_CHUNK", 16)
+    monkeypatch.setattr(head_epochs, "EVAL_CHUNK", 16)
     config = head_lib.HeadConfig(epochs=4, batch_size=64, patience=0,
                                  hidden_units=hidden_units, dropout=0.3,
                                  label_smoothing=label_smoothing)
@@ -146,7 +147,7 @@ def test_compiled_epochs_match_the_train_on_batch_loop(
         return history, head.get_weights(), type(head.optimizer).__name__
 
     compiled_history, compiled_weights, optimizer = train()
-    monkeypatch.setattr(head_lib, "_compiled_epochs", lambda *a, **k: None)
+    monkeypatch.setattr(head_epochs, "compiled_epochs", lambda *a, **k: None)
     loop_history, loop_weights, _ = train()
     if policy == "mixed_float16":
         assert optimizer == "LossScaleOptimizer"
@@ -157,17 +158,6 @@ def test_compiled_epochs_match_the_train_on_batch_loop(
                                    err_msg=key)
     for got, expected in zip(compiled_weights, loop_weights):
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
-
-
-def test_compiled_epochs_are_used_with_tensorflow():
-    x, y = _blobs(n=20)
-    head = head_lib.build_head(16, 3)
-    head_lib.compile_classifier(head, 1e-3)
-    run = head_lib._compiled_epochs(head, x, y.astype("int32"),
-                                    np.arange(20, dtype="int32"), None, 8)
-    assert run is not None
-    logs = run(np.arange(20))
-    assert set(logs) == {"loss", "accuracy"} and logs["loss"] > 0
 
 
 def test_training_again_and_again_does_not_keep_the_features():
@@ -278,7 +268,7 @@ def test_class_weights_weigh_the_loss_on_both_paths(monkeypatch):
         return history, head.get_weights()
 
     compiled, compiled_weights = train()
-    monkeypatch.setattr(head_lib, "_compiled_epochs", lambda *a, **k: None)
+    monkeypatch.setattr(head_epochs, "compiled_epochs", lambda *a, **k: None)
     loop, loop_weights = train()
     # Training accuracy is unweighted on the compiled path only.
     for key in ("loss", "val_loss", "val_accuracy"):
@@ -314,7 +304,7 @@ def test_rows_into_float16_features_train_as_their_float32_copy(
     labels = y[rows]
     config = head_lib.HeadConfig(epochs=3, batch_size=16, patience=0)
     if not compiled:
-        monkeypatch.setattr(head_lib, "_compiled_epochs", lambda *a, **k: None)
+        monkeypatch.setattr(head_epochs, "compiled_epochs", lambda *a, **k: None)
 
     def train(train_set, validation, **kwargs):
         keras.utils.set_random_seed(0)

@@ -4,13 +4,11 @@ The head is float32 whatever the global policy: it is tiny, and its softmax
 must not saturate in float16.
 """
 
-import contextlib
-
 import keras
 import numpy as np
 
 from tlfast import epoch_loop
-from tlfast import host_arrays
+from tlfast import head_epochs
 from tlfast.config import HeadConfig
 
 
@@ -112,64 +110,12 @@ def compile_classifier(model, learning_rate, label_smoothing=0.0,
     return model
 
 
-# Rows per evaluation call: bounds the memory of [rows, classes] probabilities.
-_EVAL_CHUNK = 8192
-
-
 class _History:
     def __init__(self):
         self.history = {}
 
 
-@contextlib.contextmanager
-def _epoch_metrics(model):
-    """Makes `train_on_batch`/`test_on_batch` accumulate metrics over calls.
-
-    Both reset the metrics at every call, which costs more than a step of a
-    small head; inside this block they keep accumulating (sample-weighted),
-    so the last call returns the means over all the calls made in it.
-
-    Shadowing a public method on the instance, not public API: the public
-    way (each call's own batch values, weighted by batch size in Python)
-    measured 8% slower where this path runs (`benchmarks/run.py
-    --modes=head` under JAX, 20,000 x 1280 features, batch 256, alternated
-    twice: 78.1k/77.8k against 71.1k/71.8k steady features/s).
-    """
-    model.reset_metrics()
-    model.reset_metrics = lambda: None  # Shadows the method on this instance.
-    try:
-        yield
-    finally:
-        del model.reset_metrics
-
-
-def _epoch_on_batches(head, x, y, rows, order, batch_size, class_weights=None):
-    """One epoch of `train_on_batch` steps; the epoch's mean loss/accuracy."""
-    with _epoch_metrics(head):
-        for start in range(0, len(y), batch_size):
-            batch = order[start:start + batch_size]
-            weights = None if class_weights is None else class_weights[y[batch]]
-            out = head.train_on_batch(x[rows[batch]].astype(np.float32), y[batch],
-                                      sample_weight=weights, return_dict=True)
-    return {"loss": out["loss"], "accuracy": out["accuracy"]}
-
-
-def _chunk(features, start, size):
-    """float32 rows [start, start + size) of features of any float dtype."""
-    return np.asarray(features[start:start + size], np.float32)
-
-
-def _evaluate(head, x, y, batch_size=_EVAL_CHUNK):
-    """(loss, accuracy) over arrays, in few large batches."""
-    with _epoch_metrics(head):
-        for start in range(0, len(x), batch_size):
-            out = head.test_on_batch(_chunk(x, start, batch_size),
-                                     y[start:start + batch_size],
-                                     return_dict=True)
-    return out["loss"], out["accuracy"]
-
-
-def predict_head(head, features, batch_size=_EVAL_CHUNK):
+def predict_head(head, features, batch_size=head_epochs.EVAL_CHUNK):
     """Class probabilities of the head, float32 [N, num_classes].
 
     Direct calls on a few large chunks: `predict` would build an input
@@ -180,128 +126,13 @@ def predict_head(head, features, batch_size=_EVAL_CHUNK):
       features: float [N, feature_dim] (float16 ones cast a chunk at a time).
       batch_size: Rows per call (bounds memory).
     """
-    chunks = [keras.ops.convert_to_numpy(head(_chunk(features, i, batch_size),
-                                              training=False))
+    chunks = [keras.ops.convert_to_numpy(head(
+                  head_epochs.float32_rows(features, i, batch_size),
+                  training=False))
               for i in range(0, len(features), batch_size)]
     if not chunks:
         return np.zeros((0, head.output_shape[-1]), np.float32)
     return np.concatenate(chunks).astype(np.float32, copy=False)
-
-
-def count_correct(labels, probs, label_matrix=None):
-    """float32 scalar: the examples of a batch classified right (TensorFlow).
-
-    Args:
-      labels: int [B] class (or label-set) indices.
-      probs: float [B, C] outputs.
-      label_matrix: Multi-label (see `train_head`): per-label accuracy.
-    """
-    import tensorflow as tf
-
-    if label_matrix is not None:
-        from tlfast import multilabel
-
-        return tf.reduce_sum(multilabel.correct_per_example(
-            label_matrix, labels, probs))
-    predicted = tf.cast(tf.argmax(probs, axis=-1), labels.dtype)
-    return tf.reduce_sum(tf.cast(tf.equal(predicted, labels), tf.float32))
-
-
-def _compiled_epochs(head, x, y, rows, validation, batch_size,
-                     class_weights=None, label_matrix=None):
-    """One compiled TensorFlow call per epoch (training and validation), or None.
-
-    `train_on_batch` costs a few milliseconds of Python per call, far more
-    than a step of a small head; looping over the batches inside one traced
-    function pays that once per epoch. The step is Keras's own (the
-    compiled loss via `compute_loss`, `optimizer.scale_loss`/`apply`), so
-    the results match the `train_on_batch` loop. Only for the TensorFlow
-    backend outside a distribution strategy (replicas need `strategy.run`);
-    elsewhere the caller keeps the loop.
-
-    Returns:
-      A function `order -> logs` (a dict of floats), or None.
-    """
-    if keras.backend.backend() != "tensorflow":
-        return None
-    import tensorflow as tf
-
-    if tf.distribute.has_strategy():
-        return None
-    variables = head.trainable_variables
-    optimizer = head.optimizer
-
-    def correct(labels, probs):
-        return count_correct(labels, probs, label_matrix)
-
-    weights = None if class_weights is None else tf.constant(
-        class_weights, tf.float32)
-
-    def step(x, y, rows, order, start, loss_sum, correct_sum):
-        batch = order[start:start + batch_size]
-        # Gathered and cast per batch: the features stay as stored.
-        xb = tf.cast(tf.gather(x, tf.gather(rows, batch)), tf.float32)
-        yb = tf.gather(y, batch)
-        sample_weight = None if weights is None else tf.gather(weights, yb)
-        with tf.GradientTape() as tape:
-            probs = head(xb, training=True)
-            loss = head.compute_loss(x=xb, y=yb, y_pred=probs,
-                                     sample_weight=sample_weight, training=True)
-            scaled = optimizer.scale_loss(loss)
-        optimizer.apply(tape.gradient(scaled, variables), variables)
-        size = tf.cast(tf.shape(batch)[0], tf.float32)
-        return (start + batch_size, loss_sum + tf.cast(loss, tf.float32) * size,
-                correct_sum + correct(yb, probs))
-
-    def validation_sums(vx, vy, start, loss_sum, correct_sum):
-        # In chunks, as `_evaluate`: probabilities of a large set times many
-        # classes would not fit at once; the size-weighted sums of the
-        # chunks' mean losses give the loss of the whole set.
-        xb = tf.cast(vx[start:start + _EVAL_CHUNK], tf.float32)
-        yb = vy[start:start + _EVAL_CHUNK]
-        probs = head(xb, training=False)
-        loss = head.compute_loss(x=xb, y=yb, y_pred=probs, training=False)
-        size = tf.cast(tf.shape(yb)[0], tf.float32)
-        return (start + _EVAL_CHUNK, loss_sum + tf.cast(loss, tf.float32) * size,
-                correct_sum + correct(yb, probs))
-
-    def means(body, n, *data):
-        zero = tf.constant(0.0)
-        _, loss_sum, correct_sum = tf.while_loop(
-            lambda start, *_: start < n,
-            lambda *sums: body(*data, *sums), (tf.constant(0), zero, zero))
-        n = tf.cast(n, tf.float32)
-        return [loss_sum / n, correct_sum / n]
-
-    # The arrays are arguments, not captured constants: a captured constant
-    # stays referenced from TensorFlow's gradient registry (the optimizer's
-    # all-reduce registers a custom gradient) and would never be freed.
-    # Graph code without autograph: converting Keras's layers and optimizer
-    # as well would add half again to the tracing, the bulk of the cost.
-    @tf.function(autograph=False)
-    def epoch(x, y, rows, order, *validation):
-        logs = means(step, tf.shape(order)[0], x, y, rows, order)
-        if validation:
-            logs += means(validation_sums, tf.shape(validation[1])[0],
-                          *validation)
-        return tf.stack(logs)
-
-    names = ["loss", "accuracy"]
-    # The features in place where they are aligned (`host_arrays`): a copy
-    # of every view would double the head's memory.
-    arrays = [host_arrays.as_tensor(x), tf.convert_to_tensor(y),
-              tf.convert_to_tensor(rows)]
-    if validation is not None:
-        names += ["val_loss", "val_accuracy"]
-        arrays += [host_arrays.as_tensor(validation[0]),
-                   tf.convert_to_tensor(validation[1])]
-
-    def run(order):
-        values = epoch(*arrays[:3], tf.constant(order, tf.int32),
-                       *arrays[3:]).numpy()
-        return {name: float(v) for name, v in zip(names, values)}
-
-    return run
 
 
 def _check_examples(name, x, y, rows=None):
@@ -422,7 +253,7 @@ def train_head(head, train, validation=None, config=HeadConfig(), callbacks=(),
     batch_size = step_batch_size(len(y), config.batch_size, config.epochs)
     if class_weights is not None:
         class_weights = np.asarray(class_weights, np.float32)
-    run_epoch = _compiled_epochs(
+    run_epoch = head_epochs.compiled_epochs(
         head, x, y, rows, None if validation is None else (vx, vy),
         batch_size, class_weights, label_matrix)
     rng = np.random.default_rng(config.seed)
@@ -431,10 +262,11 @@ def train_head(head, train, validation=None, config=HeadConfig(), callbacks=(),
         order = rng.permutation(np.arange(len(y), dtype=np.int32))
         if run_epoch:
             return run_epoch(order)
-        logs = _epoch_on_batches(head, x, y, rows, order, batch_size,
-                                 class_weights)
+        logs = head_epochs.epoch_on_batches(head, x, y, rows, order,
+                                            batch_size, class_weights)
         if validation is not None:
-            logs["val_loss"], logs["val_accuracy"] = _evaluate(head, vx, vy)
+            logs["val_loss"], logs["val_accuracy"] = head_epochs.evaluate(
+                head, vx, vy)
         return logs
 
     history = _History()

@@ -33,7 +33,7 @@ import tensorflow as tf
 
 from tlfast import distribute
 from tlfast import epoch_loop
-from tlfast import head as head_lib
+from tlfast import head_epochs
 
 
 def broadcast_from_chief(strategy, model, is_chief):
@@ -78,7 +78,7 @@ def _train_step(model, strategy, class_weights, label_matrix):
         sums = [tf.zeros_like(v) if g is None else tf.cast(g, v.dtype) * n
                 for g, v in zip(grads, variables)]
         sums += [n, tf.cast(loss, tf.float32) * n,
-                 head_lib.count_correct(labels, probs, label_matrix)]
+                 head_epochs.count_correct(labels, probs, label_matrix)]
         return tf.distribute.get_replica_context().all_reduce(
             tf.distribute.ReduceOp.SUM, sums)
 
@@ -100,7 +100,7 @@ def _evaluation(model, label_matrix):
                                   training=False)
         n = tf.cast(tf.shape(labels)[0], tf.float32)
         return tf.stack([tf.cast(loss, tf.float32) * n,
-                         head_lib.count_correct(labels, probs, label_matrix), n])
+                         head_epochs.count_correct(labels, probs, label_matrix), n])
 
     return sums
 
